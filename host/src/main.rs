@@ -1,0 +1,154 @@
+//! The `switchyard` command: `serve` (default), `plugin check`, `plugin run`, `bench plugin`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Event gateway with hot-swappable WebAssembly routing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default). Configuration comes from the environment.
+    Serve,
+    /// Validate or try a routing plugin.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check that FILE is a plugin the host would load; print its version id and interface.
+    Check { file: PathBuf },
+    /// Route one event with FILE and print the decision or the error.
+    Run {
+        file: PathBuf,
+        /// The event, as a producer would POST it: {"eventId", "type", "payload"}.
+        #[arg(long)]
+        event: PathBuf,
+        /// Live state the plugin may look up: KIND=FILE.json (any id) or KIND:ID=FILE.json.
+        #[arg(long)]
+        context: Vec<String>,
+        /// Plugin configuration values: KEY=VALUE.
+        #[arg(long)]
+        config: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Per-call overhead and reload time of the plugin host.
+    Plugin {
+        #[arg(long, default_value = "plugins/dist/fixtures/noop.wasm")]
+        noop: PathBuf,
+        #[arg(long, default_value = "plugins/dist/default-router.wasm")]
+        alternate: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        calls: u32,
+        #[arg(long, default_value_t = 20)]
+        reloads: u32,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command.unwrap_or(Command::Serve))) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Serve => {
+            let config = switchyard::Config::load()?;
+            switchyard::telemetry::init(config.log_format.as_deref());
+            let listener =
+                tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            switchyard::run(config, listener, shutdown).await?;
+            Ok(true)
+        }
+        Command::Plugin(PluginCommand::Check { file }) => {
+            switchyard::telemetry::init(Some("pretty"));
+            switchyard::cli::check(&file).await?;
+            Ok(true)
+        }
+        Command::Plugin(PluginCommand::Run {
+            file,
+            event,
+            context,
+            config,
+        }) => {
+            switchyard::telemetry::init(Some("pretty"));
+            switchyard::cli::run(&file, &event, &context, &config).await
+        }
+        Command::Bench(BenchCommand::Plugin {
+            noop,
+            alternate,
+            calls,
+            reloads,
+        }) => {
+            switchyard::bench::plugin(switchyard::bench::PluginBench {
+                noop,
+                alternate,
+                calls,
+                reloads,
+            })
+            .await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+async fn signal_shutdown(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}

@@ -1,0 +1,378 @@
+//! One engine, one linker, and the per-call sandbox: a fresh `Store` with its limits for every
+//! call, instantiated from a type-checked [`RouterPre`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::switchyard::router::{
+    config as wit_config, context as wit_context, log as wit_log,
+};
+use super::bindings::{Router, RouterPre, switchyard::router::types as wit};
+use super::{Decision, PluginError, RouteRequest, SharedContext};
+
+/// Per-call limits and pool size.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock limit of one call (instantiation included).
+    pub call_timeout: Duration,
+    /// Linear memory cap of one instance, in bytes.
+    pub memory_bytes: u64,
+    /// How many calls may run at once; sizes the instance pool. Further calls wait for a slot.
+    pub max_concurrent_calls: u32,
+    /// Largest decision accepted (destination + reason + metadata), in bytes.
+    pub max_decision_bytes: usize,
+    /// Log lines a plugin may write per call; more are dropped.
+    pub max_log_lines: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_timeout: Duration::from_secs(10),
+            memory_bytes: 64 << 20,
+            max_concurrent_calls: 1024,
+            max_decision_bytes: 64 << 10,
+            max_log_lines: 64,
+        }
+    }
+}
+
+/// Epoch tick: how often a running guest yields to the async runtime.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Instance slots kept beyond `max_concurrent_calls` for canaries and checks.
+const SPARE_SLOTS: u32 = 8;
+/// Bytes of guest stderr kept to explain a trap (e.g. a Rust panic message).
+const STDERR_CAPTURE: usize = 2048;
+const MAX_LOG_LINE: usize = 1024;
+
+/// The engine, the linker and the call slots shared by every plugin of a host.
+#[derive(Clone)]
+pub struct Sandbox {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    slots: Arc<Semaphore>,
+    limits: Arc<Limits>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A compiled, type-checked plugin, ready to be instantiated per call.
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    pre: RouterPre<HostState>,
+}
+
+impl Sandbox {
+    /// Builds the engine (pooling allocator sized from `limits`), the linker with WASI and the
+    /// host imports, and starts the epoch ticker (it stops when the engine is dropped).
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let slots = limits.max_concurrent_calls.max(1) + SPARE_SLOTS;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
+            .max_memory_size(usize::try_from(limits.memory_bytes)?.max(1 << 20));
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .parallel_compilation(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Router::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+
+        Ok(Sandbox {
+            engine,
+            linker: Arc::new(linker),
+            slots: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1) as usize)),
+            limits: Arc::new(limits),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles `bytes` and checks them against the `router` world. Blocking (compilation):
+    /// call it off the async runtime.
+    pub(crate) fn prepare(&self, bytes: &[u8]) -> Result<Prepared, String> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| format!("not a valid WebAssembly component: {e:#}"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("imports something the host does not provide: {e:#}"))?;
+        let pre = RouterPre::new(pre).map_err(|e| {
+            format!("does not export the switchyard:router `route` function: {e:#}")
+        })?;
+        Ok(Prepared { pre })
+    }
+
+    /// The imports and exports of a component, as names (for `plugin check`).
+    pub fn describe(&self, bytes: &[u8]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let component = Component::new(&self.engine, bytes)?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        Ok((imports, exports))
+    }
+
+    /// Runs one `route` call in a fresh sandbox.
+    pub(crate) async fn call(
+        &self,
+        plugin: &Prepared,
+        call: CallContext,
+        request: &RouteRequest,
+    ) -> Result<Decision, PluginError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| PluginError::Instantiate("sandbox closed".into()))?;
+        let limits = &*self.limits;
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryLimiter {
+                cap: limits.memory_bytes,
+                exceeded: false,
+            },
+            log_lines_left: limits.max_log_lines,
+            call,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_async_yield_and_update(1);
+        let event = wit::Event {
+            event_id: request.event_id.clone(),
+            event_type: request.event_type.clone(),
+            correlation_id: request.correlation_id.clone(),
+            payload: request.payload.clone(),
+            received_at_ms: request.received_at_ms,
+            attempt: request.attempt,
+        };
+
+        let run = async {
+            let router = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| Failure::Instantiate(format!("{e:#}")))?;
+            router
+                .call_route(&mut store, &event)
+                .await
+                .map_err(Failure::Guest)
+        };
+        let outcome = tokio::time::timeout(limits.call_timeout, run).await;
+        match outcome {
+            Err(_) => Err(PluginError::Timeout(limits.call_timeout.as_millis() as u64)),
+            Ok(Err(Failure::Instantiate(msg))) if store.data().memory.exceeded => {
+                let _ = msg;
+                Err(PluginError::MemoryExceeded(limits.memory_bytes))
+            }
+            Ok(Err(Failure::Instantiate(msg))) => Err(PluginError::Instantiate(msg)),
+            Ok(Err(Failure::Guest(_))) if store.data().memory.exceeded => {
+                Err(PluginError::MemoryExceeded(limits.memory_bytes))
+            }
+            Ok(Err(Failure::Guest(e))) => Err(PluginError::Trap(describe_trap(&e, &stderr))),
+            Ok(Ok(Err(wit::RouteError::Transient(m)))) => Err(PluginError::Transient(m)),
+            Ok(Ok(Err(wit::RouteError::Permanent(m)))) => Err(PluginError::Permanent(m)),
+            Ok(Ok(Ok(d))) => validate(d, limits.max_decision_bytes),
+        }
+    }
+}
+
+enum Failure {
+    Instantiate(String),
+    Guest(wasmtime::Error),
+}
+
+fn describe_trap(e: &wasmtime::Error, stderr: &MemoryOutputPipe) -> String {
+    let what = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{e:#}"),
+    };
+    let said = String::from_utf8_lossy(&stderr.contents())
+        .trim()
+        .to_string();
+    if said.is_empty() {
+        what
+    } else {
+        format!("{what}; guest stderr: {said}")
+    }
+}
+
+fn validate(d: wit::Decision, max_bytes: usize) -> Result<Decision, PluginError> {
+    let size = d.destination.len()
+        + d.reason.len()
+        + d.metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if d.destination.trim().is_empty() {
+        return Err(PluginError::InvalidDecision("empty destination".into()));
+    }
+    if size > max_bytes {
+        return Err(PluginError::InvalidDecision(format!(
+            "decision of {size} bytes exceeds the limit of {max_bytes}"
+        )));
+    }
+    Ok(Decision {
+        destination: d.destination,
+        reason: d.reason,
+        metadata: d.metadata.into_iter().collect(),
+    })
+}
+
+/// What a call may see: its plugin's identity and config, the event's ids and the live context.
+#[derive(Clone)]
+pub(crate) struct CallContext {
+    pub plugin: Arc<str>,
+    pub version: Arc<str>,
+    pub correlation_id: String,
+    pub event_id: String,
+    pub config: Arc<BTreeMap<String, String>>,
+    pub context: SharedContext,
+}
+
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryLimiter,
+    log_lines_left: u32,
+    call: CallContext,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit_context::Host for HostState {
+    async fn lookup(&mut self, kind: String, id: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.call.context.lookup(&kind, &id).await)
+    }
+}
+
+impl wit_config::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.call.config.get(&key).cloned())
+    }
+}
+
+impl wit_log::Host for HostState {
+    fn write(&mut self, level: wit_log::Level, message: String) -> wasmtime::Result<()> {
+        if self.log_lines_left == 0 {
+            return Ok(());
+        }
+        self.log_lines_left -= 1;
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let c = &self.call;
+        macro_rules! emit {
+            ($lvl:ident) => {
+                tracing::$lvl!(
+                    target: "switchyard::plugin::guest",
+                    plugin = %c.plugin, version = %short(&c.version),
+                    correlation_id = %c.correlation_id, event_id = %c.event_id,
+                    "{message}"
+                )
+            };
+        }
+        match level {
+            wit_log::Level::Debug => emit!(debug),
+            wit_log::Level::Info => emit!(info),
+            wit_log::Level::Warn => emit!(warn),
+            wit_log::Level::Error => emit!(error),
+        }
+        Ok(())
+    }
+}
+
+impl super::bindings::switchyard::router::types::Host for HostState {}
+
+/// The first 12 hex digits of a version id, for logs.
+pub(crate) fn short(version: &str) -> &str {
+    &version[..version.len().min(12)]
+}
+
+/// Caps linear memory and remembers that the cap was hit, so the resulting failure is reported
+/// as [`PluginError::MemoryExceeded`] rather than a generic trap.
+struct MemoryLimiter {
+    cap: u64,
+    exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.cap {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
