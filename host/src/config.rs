@@ -29,6 +29,54 @@ pub struct Config {
     pub plugin_memory_mb: u64,
     /// `LOG_FORMAT`: `json` or `pretty` (default: pretty on a terminal, json otherwise).
     pub log_format: Option<String>,
+    /// `HMAC_SECRET`: the producers' signing secret; several, comma-separated, during rotation.
+    /// A `whsec_` prefix marks a base64 key (Standard Webhooks).
+    pub hmac_secret: String,
+    /// `SIGNATURE_TOLERANCE_SECS`: accepted age (either way) of a `webhook-timestamp`.
+    pub signature_tolerance_secs: u64,
+    /// `ADMIN_TOKEN`: bearer token for the admin endpoints; replay is disabled without it.
+    pub admin_token: Option<String>,
+    /// `BODY_LIMIT_BYTES`: largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// `RATE_LIMIT_MAX_REQUESTS`: requests per client IP per window on `POST /events` (0 = off).
+    pub rate_limit_max_requests: u32,
+    /// `RATE_LIMIT_WINDOW_MS`: the rate-limit window.
+    pub rate_limit_window_ms: u64,
+    /// `REDIS_URL`: the queue.
+    pub redis_url: Option<String>,
+    /// `REDIS_TIMEOUT_MS`: limit of one Redis round trip; past it ingestion answers 503.
+    pub redis_timeout_ms: u64,
+    /// `QUEUE_PREFIX`: Redis key prefix (hash tag), to share one Redis between deployments.
+    pub queue_prefix: String,
+    /// `QUEUE_MAX_DEPTH`: ready + delayed events beyond which ingestion answers 503 (0 = off).
+    pub queue_max_depth: u64,
+    /// `MONGO_URL`: the state store (and the live `orders` / `shipments`).
+    pub mongo_url: Option<String>,
+    /// `MONGO_DATABASE`: database when `MONGO_URL` names none.
+    pub mongo_database: String,
+    /// `EVENT_TTL_DAYS`: expire event records after this many days (0 = keep).
+    pub event_ttl_days: u64,
+    /// `WORKER_ID`: this gateway's consumer name (default: host name and port).
+    pub worker_id: Option<String>,
+    /// `WORKER_RATE_LIMIT`: deliveries started per second at most (0 = off).
+    pub worker_rate_limit: u32,
+    /// `VISIBILITY_TIMEOUT_MS`: an unfinished delivery is reclaimed after this long. Must exceed
+    /// the lease.
+    pub visibility_timeout_ms: u64,
+    /// `LEASE_MS`: how long a claim keeps other deliveries of the event off it (default: plugin
+    /// timeout + 20 s).
+    pub lease_ms: Option<u64>,
+    /// `SHUTDOWN_GRACE_MS`: how long shutdown waits for routes in flight.
+    pub shutdown_grace_ms: u64,
+    /// `BACKEND_RETRY_MS`: delay before a delivery is retried after a state-store failure.
+    pub backend_retry_ms: u64,
+    /// `MAX_RETRY_ATTEMPTS`: attempts in all before an event is dead-lettered.
+    pub max_retry_attempts: u32,
+    /// `RETRY_BASE_MS`, `RETRY_FACTOR`, `RETRY_CAP_MS`, `RETRY_JITTER`: the backoff schedule.
+    pub retry_base_ms: u64,
+    pub retry_factor: f64,
+    pub retry_cap_ms: u64,
+    pub retry_jitter: f64,
 }
 
 impl Default for Config {
@@ -41,6 +89,30 @@ impl Default for Config {
             plugin_timeout_ms: 10_000,
             plugin_memory_mb: 64,
             log_format: None,
+            hmac_secret: String::new(),
+            signature_tolerance_secs: 300,
+            admin_token: None,
+            body_limit_bytes: 1 << 20,
+            rate_limit_max_requests: 1000,
+            rate_limit_window_ms: 1000,
+            redis_url: None,
+            redis_timeout_ms: 2000,
+            queue_prefix: "switchyard".into(),
+            queue_max_depth: 100_000,
+            mongo_url: None,
+            mongo_database: "switchyard".into(),
+            event_ttl_days: 0,
+            worker_id: None,
+            worker_rate_limit: 0,
+            visibility_timeout_ms: 60_000,
+            lease_ms: None,
+            shutdown_grace_ms: 15_000,
+            backend_retry_ms: 1000,
+            max_retry_attempts: 5,
+            retry_base_ms: 1000,
+            retry_factor: 2.0,
+            retry_cap_ms: 60_000,
+            retry_jitter: 0.2,
         }
     }
 }
@@ -53,6 +125,30 @@ const ENV_KEYS: &[&str] = &[
     "plugin_timeout_ms",
     "plugin_memory_mb",
     "log_format",
+    "hmac_secret",
+    "signature_tolerance_secs",
+    "admin_token",
+    "body_limit_bytes",
+    "rate_limit_max_requests",
+    "rate_limit_window_ms",
+    "redis_url",
+    "redis_timeout_ms",
+    "queue_prefix",
+    "queue_max_depth",
+    "mongo_url",
+    "mongo_database",
+    "event_ttl_days",
+    "worker_id",
+    "worker_rate_limit",
+    "visibility_timeout_ms",
+    "lease_ms",
+    "shutdown_grace_ms",
+    "backend_retry_ms",
+    "max_retry_attempts",
+    "retry_base_ms",
+    "retry_factor",
+    "retry_cap_ms",
+    "retry_jitter",
 ];
 
 impl Config {
@@ -89,6 +185,31 @@ impl Config {
             (1..=4096).contains(&self.plugin_memory_mb),
             "PLUGIN_MEMORY_MB must be between 1 and 4096"
         );
+        anyhow::ensure!(
+            !self.secrets().is_empty(),
+            "HMAC_SECRET is required (the producers' signing secret)"
+        );
+        anyhow::ensure!(
+            self.max_retry_attempts >= 1,
+            "MAX_RETRY_ATTEMPTS must be at least 1"
+        );
+        anyhow::ensure!(self.retry_factor >= 1.0, "RETRY_FACTOR must be at least 1");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.retry_jitter),
+            "RETRY_JITTER must be between 0 and 1"
+        );
+        anyhow::ensure!(
+            self.body_limit_bytes >= 64,
+            "BODY_LIMIT_BYTES must be at least 64"
+        );
+        anyhow::ensure!(
+            self.visibility_timeout_ms > self.lease().as_millis() as u64,
+            "VISIBILITY_TIMEOUT_MS must exceed the lease (LEASE_MS, default PLUGIN_TIMEOUT_MS + 20000)"
+        );
+        anyhow::ensure!(
+            self.lease().as_millis() as u64 > self.plugin_timeout_ms,
+            "LEASE_MS must exceed PLUGIN_TIMEOUT_MS"
+        );
         if let Some(f) = &self.log_format {
             anyhow::ensure!(
                 f == "json" || f == "pretty",
@@ -96,6 +217,32 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The active HMAC secrets.
+    pub fn secrets(&self) -> Vec<String> {
+        self.hmac_secret
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How long a claim holds an event.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.unwrap_or(self.plugin_timeout_ms + 20_000))
+    }
+
+    /// The retry schedule.
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            max_attempts: self.max_retry_attempts,
+            base: Duration::from_millis(self.retry_base_ms),
+            factor: self.retry_factor,
+            cap: Duration::from_millis(self.retry_cap_ms),
+            jitter: self.retry_jitter,
+        }
     }
 
     /// The plugin sandbox limits these settings describe.

@@ -6,45 +6,149 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod event;
 pub mod http;
 pub mod plugin;
+pub mod queue;
+pub mod retry;
+pub mod state;
 pub mod telemetry;
+pub mod worker;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-use plugin::{NoContext, PluginHost, Sandbox};
+use plugin::{PluginHost, Sandbox};
+use queue::Queue;
+use state::StateStore;
 
-/// Runs the gateway on `listener` until `shutdown` is cancelled.
+/// Runs the gateway on `listener` until `shutdown` is cancelled: stops accepting, drains routes
+/// in flight within the grace period, and leaves the rest queued.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let sandbox = Sandbox::new(config.plugin_limits())?;
-    let plugins = PluginHost::new(
-        sandbox,
-        Some(config.plugins_dir.clone()),
-        Arc::new(NoContext),
+    config.validate()?;
+    let addr = listener.local_addr()?;
+    let redis_url = config.redis_url.clone().context("REDIS_URL is required")?;
+    let mongo_url = config.mongo_url.clone().context("MONGO_URL is required")?;
+    let queue: Arc<dyn Queue> = Arc::new(
+        queue::redis::RedisQueue::connect(queue::redis::RedisQueueConfig {
+            url: redis_url,
+            prefix: config.queue_prefix.clone(),
+            max_depth: config.queue_max_depth,
+            command_timeout: Duration::from_millis(config.redis_timeout_ms),
+        })
+        .await
+        .context("cannot connect to Redis (REDIS_URL)")?,
     );
+    let state: Arc<dyn StateStore> = Arc::new(
+        state::mongo::MongoStore::connect(state::mongo::MongoConfig {
+            url: mongo_url,
+            database: config.mongo_database.clone(),
+            timeout: Duration::from_secs(5),
+            ttl: (config.event_ttl_days > 0)
+                .then(|| Duration::from_secs(config.event_ttl_days * 86_400)),
+        })
+        .await
+        .context("cannot connect to MongoDB (MONGO_URL)")?,
+    );
+
+    let sandbox = Sandbox::new(config.plugin_limits())?;
+    let context = Arc::new(state::StoreContext(state.clone()));
+    let plugins = PluginHost::new(sandbox, Some(config.plugins_dir.clone()), context);
     plugins.load_dir().await?;
-    let loaded: Vec<String> = plugins.loaded().iter().map(|p| p.name.clone()).collect();
+    let loaded: Vec<String> = plugins
+        .loaded()
+        .iter()
+        .map(|p| format!("{}@{}", p.name, plugin::short_version(&p.version)))
+        .collect();
     let watcher = plugin::watch::spawn(plugins.clone(), shutdown.clone())?;
+
+    let worker_stats = Arc::new(worker::WorkerStats::default());
+    let consumer = config
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| default_worker_id(addr));
+    let workers = worker::Workers::new(
+        queue.clone(),
+        state.clone(),
+        plugins.clone(),
+        worker::WorkerSettings {
+            consumer: consumer.clone(),
+            concurrency: config.queue_concurrency as usize,
+            visibility_timeout: Duration::from_millis(config.visibility_timeout_ms),
+            lease: config.lease(),
+            rate_limit: (config.worker_rate_limit > 0).then_some(config.worker_rate_limit),
+            shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            backend_retry_delay: Duration::from_millis(config.backend_retry_ms),
+            retry: config.retry_policy(),
+        },
+        worker_stats.clone(),
+    );
+    let workers_stop = CancellationToken::new();
+    let workers_task = tokio::spawn(workers.run(workers_stop.clone()));
+
+    let verifier = http::signature::Verifier::new(
+        &config.secrets(),
+        Duration::from_secs(config.signature_tolerance_secs),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let app = http::router(http::AppState {
+        plugins,
+        queue,
+        state,
+        ingest: Arc::new(http::IngestSettings {
+            verifier,
+            body_limit: config.body_limit_bytes,
+            rate_limit: config.rate_limit_max_requests,
+            rate_window: Duration::from_millis(config.rate_limit_window_ms),
+        }),
+        admin_token: config
+            .admin_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
+        worker_stats,
+    });
     tracing::info!(
-        addr = %listener.local_addr()?,
+        %addr,
+        backend = "redis+mongodb",
+        consumer = %consumer,
         plugins_dir = %config.plugins_dir.display(),
         plugins = ?loaded,
         "switchyard listening"
     );
-    let app = http::router(http::AppState { plugins });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .await?;
+    tracing::info!("stopped accepting requests; draining workers");
+    workers_stop.cancel();
+    let _ = workers_task.await;
     shutdown.cancel();
     let _ = watcher.await;
     tracing::info!("switchyard stopped");
     Ok(())
+}
+
+fn default_worker_id(addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "switchyard".to_string()
+    } else {
+        host
+    };
+    format!("{host}:{}", addr.port())
 }

@@ -129,3 +129,367 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// The signing secret of test gateways.
+pub const TEST_SECRET: &str = "test-secret";
+/// The admin token of test gateways.
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A gateway configuration for tests: the run's Redis and SecantusDB, a key prefix and a
+/// database of its own, fast retries.
+pub fn gateway_config(plugins_dir: &Path) -> switchyard::Config {
+    let name = unique("t");
+    switchyard::Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        plugins_dir: plugins_dir.to_path_buf(),
+        queue_concurrency: 256,
+        plugin_timeout_ms: 5_000,
+        hmac_secret: TEST_SECRET.into(),
+        admin_token: Some(TEST_ADMIN_TOKEN.into()),
+        redis_url: Some(redis_url()),
+        queue_prefix: name.clone(),
+        mongo_url: Some(mongo_url()),
+        mongo_database: name,
+        visibility_timeout_ms: 30_000,
+        backend_retry_ms: 200,
+        retry_base_ms: 200,
+        retry_cap_ms: 2_000,
+        rate_limit_max_requests: 0,
+        shutdown_grace_ms: 5_000,
+        ..switchyard::Config::default()
+    }
+}
+
+/// A gateway running in this process (the same `run` as the binary) on a free loopback port.
+pub struct Gateway {
+    pub url: String,
+    pub config: switchyard::Config,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Gateway {
+    pub async fn start(config: switchyard::Config) -> Gateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(switchyard::run(config.clone(), listener, stop.clone()));
+        let client = Client::new(&url);
+        let t = std::time::Instant::now();
+        loop {
+            if let Ok(r) = client.http.get(format!("{url}/health")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(!task.is_finished(), "the gateway exited at start-up");
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(30),
+                "gateway did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Gateway {
+            url,
+            config,
+            stop,
+            task,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    /// Graceful shutdown; returns what `run` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await.expect("gateway task")
+    }
+
+    /// The state database of this gateway (to seed `orders` / `shipments`).
+    pub async fn database(&self) -> mongodb::Database {
+        mongodb::Client::with_uri_str(mongo_url())
+            .await
+            .expect("mongo")
+            .database(&self.config.mongo_database)
+    }
+}
+
+/// An HTTP client that signs like a producer.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+/// A response: status, headers, JSON body (`Null` when not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    async fn answer(r: reqwest::Response) -> Answer {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await.unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// POSTs raw bytes with the given headers (no signature added).
+    pub async fn post_raw(&self, body: Vec<u8>, headers: &[(&str, String)]) -> Answer {
+        let mut req = self.http.post(format!("{}/events", self.base)).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        Client::answer(req.send().await.expect("POST /events")).await
+    }
+
+    /// POSTs an event signed with `x-hmac-signature`.
+    pub async fn send(&self, event: &serde_json::Value) -> Answer {
+        let body = serde_json::to_vec(event).unwrap();
+        let sig = switchyard::http::signature::sign_hex(TEST_SECRET.as_bytes(), &body);
+        self.post_raw(
+            body,
+            &[
+                ("content-type", "application/json".into()),
+                ("x-hmac-signature", sig),
+            ],
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TEST_ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("GET");
+        Client::answer(r).await
+    }
+
+    pub async fn post_admin(&self, path: &str, body: serde_json::Value) -> Answer {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TEST_ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        Client::answer(r).await
+    }
+
+    /// Polls `GET /events/{id}` until every id is `ROUTED` or `FAILED`; returns the records.
+    pub async fn wait_final(
+        &self,
+        ids: &[String],
+        timeout: std::time::Duration,
+    ) -> Vec<serde_json::Value> {
+        let t = std::time::Instant::now();
+        let mut done: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+        loop {
+            for id in ids
+                .iter()
+                .filter(|i| !done.contains_key(*i))
+                .cloned()
+                .collect::<Vec<_>>()
+            {
+                let a = self.get(&format!("/events/{id}")).await;
+                if a.status == 200 && matches!(a.body["state"].as_str(), Some("ROUTED" | "FAILED"))
+                {
+                    done.insert(id, a.body);
+                }
+            }
+            if done.len() == ids.len() {
+                return ids.iter().map(|i| done[i].clone()).collect();
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "{} of {} events not final after {timeout:?}",
+                ids.len() - done.len(),
+                ids.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls `/events/stats` until nothing is ready, in flight or delayed.
+    pub async fn wait_idle(&self, timeout: std::time::Duration) -> serde_json::Value {
+        let t = std::time::Instant::now();
+        loop {
+            let s = self.get("/events/stats").await.body;
+            if s["ready"] == 0 && s["inFlight"] == 0 && s["delayed"] == 0 {
+                return s;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "queue not idle after {timeout:?}: {s}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The `switchyard` binary of this build (`cargo test --workspace` builds it for the host's
+/// integration tests; `scripts/test.sh` builds everything before running).
+pub fn switchyard_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("debug/switchyard");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p switchyard` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The environment that makes the binary serve `config` (the same settings as [`Gateway`]).
+pub fn gateway_env(config: &switchyard::Config, port: u16) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", port.to_string()),
+        ("PLUGINS_DIR", config.plugins_dir.display().to_string()),
+        ("QUEUE_CONCURRENCY", config.queue_concurrency.to_string()),
+        ("PLUGIN_TIMEOUT_MS", config.plugin_timeout_ms.to_string()),
+        ("HMAC_SECRET", config.hmac_secret.clone()),
+        ("REDIS_URL", config.redis_url.clone().unwrap_or_default()),
+        ("QUEUE_PREFIX", config.queue_prefix.clone()),
+        ("MONGO_URL", config.mongo_url.clone().unwrap_or_default()),
+        ("MONGO_DATABASE", config.mongo_database.clone()),
+        (
+            "VISIBILITY_TIMEOUT_MS",
+            config.visibility_timeout_ms.to_string(),
+        ),
+        ("BACKEND_RETRY_MS", config.backend_retry_ms.to_string()),
+        ("RETRY_BASE_MS", config.retry_base_ms.to_string()),
+        ("RETRY_CAP_MS", config.retry_cap_ms.to_string()),
+        (
+            "RATE_LIMIT_MAX_REQUESTS",
+            config.rate_limit_max_requests.to_string(),
+        ),
+        ("SHUTDOWN_GRACE_MS", config.shutdown_grace_ms.to_string()),
+        ("LOG_FORMAT", "json".to_string()),
+    ];
+    if let Some(t) = &config.admin_token {
+        env.push(("ADMIN_TOKEN", t.clone()));
+    }
+    if let Some(w) = &config.worker_id {
+        env.push(("WORKER_ID", w.clone()));
+    }
+    if let Some(l) = config.lease_ms {
+        env.push(("LEASE_MS", l.to_string()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// The gateway binary running as a child process (killed when dropped).
+pub struct GatewayProcess {
+    pub url: String,
+    pub child: std::process::Child,
+}
+
+impl GatewayProcess {
+    /// Starts the binary with `config` on a free port and waits until it answers `/health`.
+    pub async fn start(config: &switchyard::Config, log: &Path) -> GatewayProcess {
+        let port = free_port();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = std::process::Command::new(switchyard_bin())
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .envs(gateway_env(config, port))
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn switchyard");
+        let mut p = GatewayProcess {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let client = Client::new(&p.url);
+        let t = std::time::Instant::now();
+        loop {
+            if let Ok(r) = client.http.get(format!("{}/health", p.url)).send().await
+                && r.status() == 200
+            {
+                return p;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!(
+                    "switchyard exited at start-up ({status}); see {}",
+                    log.display()
+                );
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(30),
+                "switchyard did not start; see {}",
+                log.display()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    /// SIGKILL: no shutdown, no draining.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

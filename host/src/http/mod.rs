@@ -1,44 +1,103 @@
-//! The HTTP API.
+//! The HTTP API: ingestion, event status, admin, health.
 
-use axum::extract::State;
-use axum::http::StatusCode;
+pub mod admin;
+pub mod error;
+pub mod ingest;
+pub mod signature;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, post};
+use axum::{Router, body::Body};
 use serde_json::json;
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::plugin::PluginHost;
+use crate::queue::Queue;
+use crate::state::StateStore;
+use crate::worker::WorkerStats;
+
+/// Header carrying the correlation id, in requests and responses.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// Ingestion settings.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub verifier: signature::Verifier,
+    pub body_limit: usize,
+    /// Requests per client IP per window (0 = no limit).
+    pub rate_limit: u32,
+    pub rate_window: Duration,
+}
 
 /// What the handlers share.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     pub plugins: PluginHost,
+    pub queue: Arc<dyn Queue>,
+    pub state: Arc<dyn StateStore>,
+    pub ingest: Arc<IngestSettings>,
+    pub admin_token: Option<Arc<str>>,
+    pub worker_stats: Arc<WorkerStats>,
 }
 
-/// The gateway's routes.
+/// The gateway's routes and middleware.
 pub fn router(state: AppState) -> Router {
+    let correlation = HeaderName::from_static(CORRELATION_HEADER);
+    let mut ingest = Router::new()
+        .route("/events", post(ingest::ingest))
+        .layer(DefaultBodyLimit::max(state.ingest.body_limit));
+    if state.ingest.rate_limit > 0 {
+        let per_request = state.ingest.rate_window / state.ingest.rate_limit;
+        let config = GovernorConfigBuilder::default()
+            .period(per_request.max(Duration::from_nanos(1)))
+            .burst_size(state.ingest.rate_limit)
+            .error_handler(|e| {
+                let wait = match &e {
+                    tower_governor::GovernorError::TooManyRequests { wait_time, .. } => *wait_time,
+                    _ => 1,
+                };
+                error::ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests",
+                )
+                .retry_after(wait.max(1))
+                .into_response()
+            })
+            .finish()
+            .expect("valid rate limit");
+        ingest = ingest.layer(GovernorLayer {
+            config: Arc::new(config),
+        });
+    }
     Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+        .merge(ingest)
+        .route("/events/stats", get(admin::stats))
+        .route("/events/failed", get(admin::failed))
+        .route("/events/dlq/replay", post(admin::replay))
+        .route("/events/{event_id}", get(admin::event))
+        .route("/health", get(admin::health))
+        .route("/ready", get(admin::ready))
         .route("/plugins", get(plugins))
+        .fallback(|| async {
+            error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         .with_state(state)
-}
-
-async fn health() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
-}
-
-async fn ready(State(s): State<AppState>) -> impl IntoResponse {
-    let ok = s.plugins.is_ready();
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({ "ready": ok, "checks": { "plugins": ok } })),
-    )
+        .layer(PropagateRequestIdLayer::new(correlation.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+            let id = req.headers().get(CORRELATION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), correlation_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(correlation, MakeRequestUuid))
 }
 
 async fn plugins(State(s): State<AppState>) -> impl IntoResponse {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{MANIFEST_FILE, Manifest};
@@ -14,7 +14,7 @@ use super::sandbox::{CallContext, Prepared, Sandbox, short};
 use super::{CANARY_EVENT_TYPE, Decision, PluginError, RouteRequest, SharedContext};
 
 /// Which plugin version handled a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginId {
     pub name: String,
     /// sha256 of the `.wasm` file, hex.

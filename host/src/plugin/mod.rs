@@ -31,6 +31,11 @@ pub fn name_of_file(path: &std::path::Path) -> anyhow::Result<String> {
 pub use manifest::{MANIFEST_FILE, Manifest};
 pub use sandbox::{Limits, Sandbox};
 
+/// The first 12 hex digits of a version id, for logs.
+pub fn short_version(version: &str) -> &str {
+    sandbox::short(version)
+}
+
 /// The event type the host sends once to every newly loaded version before it serves.
 pub const CANARY_EVENT_TYPE: &str = "switchyard.canary";
 
@@ -81,6 +86,9 @@ pub enum PluginError {
     /// No plugin is loaded for this event type (and no default).
     #[error("no plugin loaded for event type {0:?}")]
     NoPlugin(String),
+    /// Live state could not be read during the call (the store is unreachable).
+    #[error("live state unavailable to the plugin: {0}")]
+    ContextUnavailable(String),
     /// The host could not instantiate the plugin (e.g. the instance pool is exhausted).
     #[error("plugin could not be instantiated: {0}")]
     Instantiate(String),
@@ -103,6 +111,7 @@ impl PluginError {
             PluginError::MemoryExceeded(_) => "memory_exceeded",
             PluginError::InvalidDecision(_) => "invalid_decision",
             PluginError::NoPlugin(_) => "no_plugin",
+            PluginError::ContextUnavailable(_) => "context_unavailable",
             PluginError::Instantiate(_) => "instantiate",
         }
     }
@@ -110,8 +119,14 @@ impl PluginError {
 
 /// Read-only live state a plugin may look up through the `context` import.
 pub trait Context: Send + Sync + 'static {
-    /// The document of `kind` with `id` as JSON text, or `None`.
-    fn lookup<'a>(&'a self, kind: &'a str, id: &'a str) -> BoxFuture<'a, Option<String>>;
+    /// The document of `kind` with `id` as JSON text, or `None`. An `Err` (the store cannot be
+    /// reached) fails the routing call as [`PluginError::ContextUnavailable`], so the event is
+    /// retried rather than routed on missing data.
+    fn lookup<'a>(
+        &'a self,
+        kind: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>>;
 }
 
 /// A context with nothing in it.
@@ -119,8 +134,12 @@ pub trait Context: Send + Sync + 'static {
 pub struct NoContext;
 
 impl Context for NoContext {
-    fn lookup<'a>(&'a self, _kind: &'a str, _id: &'a str) -> BoxFuture<'a, Option<String>> {
-        Box::pin(async { None })
+    fn lookup<'a>(
+        &'a self,
+        _kind: &'a str,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async { Ok(None) })
     }
 }
 
@@ -130,13 +149,17 @@ impl Context for NoContext {
 pub struct StaticContext(pub BTreeMap<(String, String), String>);
 
 impl Context for StaticContext {
-    fn lookup<'a>(&'a self, kind: &'a str, id: &'a str) -> BoxFuture<'a, Option<String>> {
+    fn lookup<'a>(
+        &'a self,
+        kind: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>> {
         let hit = self
             .0
             .get(&(kind.to_string(), id.to_string()))
             .or_else(|| self.0.get(&(kind.to_string(), "*".to_string())))
             .cloned();
-        Box::pin(async move { hit })
+        Box::pin(async move { Ok(hit) })
     }
 }
 

@@ -178,6 +178,7 @@ impl Sandbox {
                 exceeded: false,
             },
             log_lines_left: limits.max_log_lines,
+            context_error: None,
             call,
         };
         let mut store = Store::new(&self.engine, state);
@@ -213,6 +214,11 @@ impl Sandbox {
             Ok(Err(Failure::Instantiate(msg))) => Err(PluginError::Instantiate(msg)),
             Ok(Err(Failure::Guest(_))) if store.data().memory.exceeded => {
                 Err(PluginError::MemoryExceeded(limits.memory_bytes))
+            }
+            Ok(Err(Failure::Guest(_))) if store.data().context_error.is_some() => {
+                Err(PluginError::ContextUnavailable(
+                    store.data().context_error.clone().unwrap_or_default(),
+                ))
             }
             Ok(Err(Failure::Guest(e))) => Err(PluginError::Trap(describe_trap(&e, &stderr))),
             Ok(Ok(Err(wit::RouteError::Transient(m)))) => Err(PluginError::Transient(m)),
@@ -280,6 +286,7 @@ pub(crate) struct HostState {
     table: ResourceTable,
     memory: MemoryLimiter,
     log_lines_left: u32,
+    context_error: Option<String>,
     call: CallContext,
 }
 
@@ -294,7 +301,14 @@ impl WasiView for HostState {
 
 impl wit_context::Host for HostState {
     async fn lookup(&mut self, kind: String, id: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.call.context.lookup(&kind, &id).await)
+        match self.call.context.lookup(&kind, &id).await {
+            Ok(doc) => Ok(doc),
+            Err(e) => {
+                // Stop the call: a decision on missing live state would be wrong.
+                self.context_error = Some(e.clone());
+                Err(wasmtime::Error::msg(format!("context lookup failed: {e}")))
+            }
+        }
     }
 }
 

@@ -1,0 +1,295 @@
+//! Request signatures: `x-hmac-signature` (hex HMAC-SHA256 of the raw body, optional `sha256=`
+//! prefix) and Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature:
+//! v1,<base64>` over `id.timestamp.body`, with a timestamp tolerance against replay). Several
+//! secrets may be active at once (rotation); comparisons are constant-time.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub const HMAC_HEADER: &str = "x-hmac-signature";
+pub const WEBHOOK_ID: &str = "webhook-id";
+pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
+
+/// Why a request's signature was refused. Messages are safe to show the producer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("missing signature: send x-hmac-signature or the webhook-* headers")]
+    Missing,
+    #[error("header {0} is given more than once")]
+    Duplicated(&'static str),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("signature does not match")]
+    Mismatch,
+    #[error("webhook-timestamp is outside the accepted window")]
+    Stale,
+}
+
+/// The active secrets and the replay window.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Vec<Vec<u8>>,
+    tolerance: Duration,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("secrets", &self.keys.len())
+            .field("tolerance", &self.tolerance)
+            .finish()
+    }
+}
+
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a str>, SignatureError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(SignatureError::Duplicated(name));
+    }
+    first
+        .to_str()
+        .map(|s| Some(s.trim()))
+        .map_err(|_| SignatureError::Malformed(name))
+}
+
+impl Verifier {
+    /// Secrets as configured: a `whsec_` prefix means base64 key bytes (Standard Webhooks),
+    /// anything else is used as raw bytes. Empty secrets are ignored.
+    pub fn new<S: AsRef<str>>(secrets: &[S], tolerance: Duration) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for s in secrets
+            .iter()
+            .map(|s| s.as_ref().trim())
+            .filter(|s| !s.is_empty())
+        {
+            match s.strip_prefix("whsec_") {
+                Some(b64) => keys.push(
+                    B64.decode(b64)
+                        .map_err(|_| "a whsec_ secret is not valid base64".to_string())?,
+                ),
+                None => keys.push(s.as_bytes().to_vec()),
+            }
+        }
+        if keys.is_empty() {
+            return Err("at least one HMAC secret is required (HMAC_SECRET)".into());
+        }
+        Ok(Verifier { keys, tolerance })
+    }
+
+    fn any_key_verifies(&self, parts: &[&[u8]], signature: &[u8]) -> bool {
+        self.keys.iter().any(|key| {
+            let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+            for p in parts {
+                mac.update(p);
+            }
+            mac.verify_slice(signature).is_ok()
+        })
+    }
+
+    /// Verifies `body` against the request's signature headers at time `now_secs`.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_secs: u64,
+    ) -> Result<(), SignatureError> {
+        if let Some(signatures) = single(headers, WEBHOOK_SIGNATURE)? {
+            let id = single(headers, WEBHOOK_ID)?.ok_or(SignatureError::Malformed(WEBHOOK_ID))?;
+            let ts_text = single(headers, WEBHOOK_TIMESTAMP)?
+                .ok_or(SignatureError::Malformed(WEBHOOK_TIMESTAMP))?;
+            let ts: u64 = ts_text
+                .parse()
+                .map_err(|_| SignatureError::Malformed(WEBHOOK_TIMESTAMP))?;
+            if now_secs.abs_diff(ts) > self.tolerance.as_secs() {
+                return Err(SignatureError::Stale);
+            }
+            let mut any_v1 = false;
+            for candidate in signatures.split_whitespace() {
+                let Some(b64) = candidate.strip_prefix("v1,") else {
+                    continue;
+                };
+                any_v1 = true;
+                let Ok(sig) = B64.decode(b64) else { continue };
+                if self
+                    .any_key_verifies(&[id.as_bytes(), b".", ts_text.as_bytes(), b".", body], &sig)
+                {
+                    return Ok(());
+                }
+            }
+            return Err(if any_v1 {
+                SignatureError::Mismatch
+            } else {
+                SignatureError::Malformed(WEBHOOK_SIGNATURE)
+            });
+        }
+        let Some(value) = single(headers, HMAC_HEADER)? else {
+            return Err(SignatureError::Missing);
+        };
+        let hex_sig = value.strip_prefix("sha256=").unwrap_or(value);
+        let sig = hex::decode(hex_sig).map_err(|_| SignatureError::Malformed(HMAC_HEADER))?;
+        if sig.len() != 32 {
+            return Err(SignatureError::Malformed(HMAC_HEADER));
+        }
+        if self.any_key_verifies(&[body], &sig) {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch)
+        }
+    }
+}
+
+/// Hex HMAC-SHA256 of `body` (what a producer puts in `x-hmac-signature`).
+pub fn sign_hex(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Standard Webhooks `webhook-signature` value for `id`, `timestamp` and `body`.
+pub fn sign_webhook(secret: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn verifier() -> Verifier {
+        Verifier::new(&["old-secret", "new-secret"], Duration::from_secs(300)).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hex_signature_with_any_active_secret() {
+        let body = br#"{"eventId":"1"}"#;
+        for secret in ["old-secret", "new-secret"] {
+            let sig = sign_hex(secret.as_bytes(), body);
+            assert_eq!(
+                verifier().verify(&headers(&[(HMAC_HEADER, &sig)]), body, NOW),
+                Ok(())
+            );
+            let prefixed = format!("sha256={}", sig.to_uppercase());
+            assert_eq!(
+                verifier().verify(&headers(&[(HMAC_HEADER, &prefixed)]), body, NOW),
+                Ok(())
+            );
+        }
+        let sig = sign_hex(b"other", body);
+        assert_eq!(
+            verifier().verify(&headers(&[(HMAC_HEADER, &sig)]), body, NOW),
+            Err(SignatureError::Mismatch)
+        );
+        let sig = sign_hex(b"new-secret", body);
+        assert_eq!(
+            verifier().verify(&headers(&[(HMAC_HEADER, &sig)]), b"{}", NOW),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn malformed_missing_and_duplicated() {
+        let v = verifier();
+        assert_eq!(
+            v.verify(&HeaderMap::new(), b"x", NOW),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            v.verify(&headers(&[(HMAC_HEADER, "zz")]), b"x", NOW),
+            Err(SignatureError::Malformed(HMAC_HEADER))
+        );
+        assert_eq!(
+            v.verify(&headers(&[(HMAC_HEADER, "abcd")]), b"x", NOW),
+            Err(SignatureError::Malformed(HMAC_HEADER))
+        );
+        let sig = sign_hex(b"new-secret", b"x");
+        assert_eq!(
+            v.verify(
+                &headers(&[(HMAC_HEADER, &sig), (HMAC_HEADER, &sig)]),
+                b"x",
+                NOW
+            ),
+            Err(SignatureError::Duplicated(HMAC_HEADER))
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_with_replay_window() {
+        let v = verifier();
+        let body = b"{}";
+        let sig = sign_webhook(b"new-secret", "msg_1", NOW, body);
+        let ts = NOW.to_string();
+        let ok = headers(&[
+            (WEBHOOK_ID, "msg_1"),
+            (WEBHOOK_TIMESTAMP, &ts),
+            (WEBHOOK_SIGNATURE, &sig),
+        ]);
+        assert_eq!(v.verify(&ok, body, NOW), Ok(()));
+        assert_eq!(v.verify(&ok, body, NOW + 299), Ok(()));
+        assert_eq!(v.verify(&ok, body, NOW + 301), Err(SignatureError::Stale));
+        assert_eq!(v.verify(&ok, body, NOW - 301), Err(SignatureError::Stale));
+        // Several signatures in one header: any valid one will do.
+        let many = format!("v1,AAAA {sig}");
+        let h = headers(&[
+            (WEBHOOK_ID, "msg_1"),
+            (WEBHOOK_TIMESTAMP, &ts),
+            (WEBHOOK_SIGNATURE, &many),
+        ]);
+        assert_eq!(v.verify(&h, body, NOW), Ok(()));
+        // The id is signed: another id does not verify.
+        let h = headers(&[
+            (WEBHOOK_ID, "msg_2"),
+            (WEBHOOK_TIMESTAMP, &ts),
+            (WEBHOOK_SIGNATURE, &sig),
+        ]);
+        assert_eq!(v.verify(&h, body, NOW), Err(SignatureError::Mismatch));
+        let h = headers(&[
+            (WEBHOOK_ID, "msg_1"),
+            (WEBHOOK_TIMESTAMP, "soon"),
+            (WEBHOOK_SIGNATURE, &sig),
+        ]);
+        assert_eq!(
+            v.verify(&h, body, NOW),
+            Err(SignatureError::Malformed(WEBHOOK_TIMESTAMP))
+        );
+    }
+
+    #[test]
+    fn whsec_secrets_are_base64_keys() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let secret = format!("whsec_{}", B64.encode(key));
+        let v = Verifier::new(&[secret], Duration::from_secs(300)).unwrap();
+        let sig = sign_hex(key, b"x");
+        assert_eq!(
+            v.verify(&headers(&[(HMAC_HEADER, &sig)]), b"x", NOW),
+            Ok(())
+        );
+        assert!(Verifier::new(&["", " "], Duration::from_secs(1)).is_err());
+    }
+}

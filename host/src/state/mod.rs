@@ -1,0 +1,147 @@
+//! The event state store: one record per `eventId`, the idempotent claim, the lifecycle
+//! `ROUTING_PENDING → ROUTED | FAILED` with its history, and read-only live context.
+
+pub mod mongo;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::event::Job;
+use crate::plugin::{Decision, PluginId};
+
+/// State-store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Lifecycle states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventState {
+    RoutingPending,
+    Routed,
+    Failed,
+}
+
+impl EventState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::RoutingPending => "ROUTING_PENDING",
+            EventState::Routed => "ROUTED",
+            EventState::Failed => "FAILED",
+        }
+    }
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This delivery owns the event until it finishes or the lease expires: route it.
+    Claimed,
+    /// The event was routed already: this delivery is a duplicate (counted on the event).
+    AlreadyRouted,
+    /// Another delivery holds a live lease on it: try again later.
+    Busy,
+}
+
+/// One attempt in an event's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub attempt: u32,
+    pub at_ms: u64,
+    /// `routed`, `retry` or `failed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginId>,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<u64>,
+}
+
+/// How a claimed delivery ended.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Routed {
+        decision: Decision,
+        plugin: PluginId,
+        attempt: Attempt,
+    },
+    Retry {
+        attempt: Attempt,
+    },
+    Failed {
+        error: String,
+        attempt: Attempt,
+    },
+}
+
+/// An event's record, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub state: EventState,
+    pub correlation_id: String,
+    pub attempts: u32,
+    pub history: Vec<Attempt>,
+    #[serde(default)]
+    pub decision: Option<Decision>,
+    #[serde(default)]
+    pub plugin: Option<PluginId>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Deliveries of this event that found it routed or in progress and were dropped.
+    #[serde(default)]
+    pub duplicates: u64,
+    pub received_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// Records per state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateCounts {
+    pub pending: u64,
+    pub routed: u64,
+    pub failed: u64,
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Takes ownership of `job`'s event for `owner` (a delivery id) for `lease`: inserts the
+    /// record, or claims an existing one that is not routed and not leased by someone else.
+    async fn claim(&self, job: &Job, owner: &str, lease: Duration) -> Result<Claim, Error>;
+    /// Records how the claimed attempt ended. `false` when `owner` no longer holds the lease.
+    async fn finish(&self, event_id: &str, owner: &str, finish: Finish) -> Result<bool, Error>;
+    async fn get(&self, event_id: &str) -> Result<Option<EventRecord>, Error>;
+    async fn counts(&self) -> Result<StateCounts, Error>;
+    /// Live `order` / `shipment` documents for plugins, as JSON text.
+    async fn lookup(&self, kind: &str, id: &str) -> Result<Option<String>, Error>;
+    async fn ping(&self) -> Result<(), Error>;
+}
+
+/// Adapts a state store to the plugin `context` import.
+pub struct StoreContext(pub std::sync::Arc<dyn StateStore>);
+
+impl crate::plugin::Context for StoreContext {
+    fn lookup<'a>(
+        &'a self,
+        kind: &'a str,
+        id: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async move { self.0.lookup(kind, id).await.map_err(|e| e.to_string()) })
+    }
+}
