@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchyard_tests::{Gateway, PluginDir, TEST_SECRET, gateway_config, plugin};
+use switchyard_tests::{
+    Gateway, GatewayProcess, PluginDir, RedisServer, TEST_SECRET, gateway_config, plugin,
+};
 
 const FAST_DEFAULT: &str =
     "default = \"default-router\"\n[config.default-router]\ndelay_ms = 50\nfailure_rate = 0\n";
@@ -573,16 +575,20 @@ async fn replay_filters_by_event_type() {
     gw.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn two_gateways_on_one_queue_route_each_event_once() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_processes_on_one_redis_route_each_event_once() {
     let dir = PluginDir::new(Some(FAST_DEFAULT));
     dir.install("default-router", "default-router");
+    let log = dir.path().join("gateways.log");
     let mut a = gateway_config(dir.path());
     a.worker_id = Some("gw-a".into());
     let mut b = a.clone();
     b.worker_id = Some("gw-b".into());
-    let (ga, gb) = (Gateway::start(a).await, Gateway::start(b).await);
-    let (ca, cb) = (ga.client(), gb.client());
+    let (pa, pb) = (
+        GatewayProcess::start(&a, &log).await,
+        GatewayProcess::start(&b, &log).await,
+    );
+    let (ca, cb) = (pa.client(), pb.client());
     let all = ids("two", 300);
     let sends: Vec<_> = all
         .iter()
@@ -615,8 +621,92 @@ async fn two_gateways_on_one_queue_route_each_event_once() {
     );
     assert_eq!(ra + rb, 300, "{sa} {sb}");
     assert!(ra > 0 && rb > 0, "both gateways worked: {ra} {rb}");
-    ga.stop().await.unwrap();
-    gb.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_means_503_with_retry_after_and_recovery_keeps_acknowledged_events() {
+    let mut redis = RedisServer::start();
+    let dir = PluginDir::new(Some(FAST_DEFAULT));
+    dir.install("default-router", "default-router");
+    let mut config = gateway_config(dir.path());
+    config.redis_url = Some(redis.url());
+    config.redis_timeout_ms = 500;
+    let gw = Gateway::start(config).await;
+    let c = gw.client();
+    // Accepted before the outage, with the workers not yet done (50 ms routes): persisted by AOF.
+    let before = ids("before", 20);
+    for id in &before {
+        assert_eq!(
+            c.send(&json!({"eventId": id, "type": "ORDER_CREATED", "payload": {}}))
+                .await
+                .status,
+            202
+        );
+    }
+    redis.stop();
+    let t = std::time::Instant::now();
+    let a = c
+        .send(&json!({"eventId": "during-1", "type": "ORDER_CREATED", "payload": {}}))
+        .await;
+    assert_eq!(a.status, 503, "{:?}", a.body);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(a.body["error"]["code"], "unavailable");
+    assert!(a.headers.contains_key("retry-after"));
+    assert!(
+        !a.body.to_string().contains("redis://"),
+        "no internals in the body: {}",
+        a.body
+    );
+    let ready = c
+        .http
+        .get(format!("{}/ready", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        c.http
+            .get(format!("{}/health", c.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    redis.restart();
+    let t = std::time::Instant::now();
+    loop {
+        let a = c
+            .send(&json!({"eventId": "after-1", "type": "ORDER_CREATED", "payload": {}}))
+            .await;
+        if a.status == 202 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "ingestion did not recover: {:?}",
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut all = before.clone();
+    all.push("after-1".into());
+    let records = c.wait_final(&all, Duration::from_secs(60)).await;
+    assert!(
+        records.iter().all(|r| r["state"] == "ROUTED"),
+        "nothing acknowledged was lost"
+    );
+    assert_eq!(
+        c.get("/events/during-1").await.status,
+        404,
+        "the refused event was not stored"
+    );
+    gw.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
