@@ -58,6 +58,8 @@ pub struct Config {
     pub event_ttl_days: u64,
     /// `WORKER_ID`: this gateway's consumer name (default: host name and port).
     pub worker_id: Option<String>,
+    /// `WORKERS`: run the worker pool in this process (`false`: an ingest-only gateway).
+    pub workers: bool,
     /// `WORKER_RATE_LIMIT`: deliveries started per second at most (0 = off).
     pub worker_rate_limit: u32,
     /// `VISIBILITY_TIMEOUT_MS`: an unfinished delivery is reclaimed after this long. Must exceed
@@ -103,6 +105,7 @@ impl Default for Config {
             mongo_database: "switchyard".into(),
             event_ttl_days: 0,
             worker_id: None,
+            workers: true,
             worker_rate_limit: 0,
             visibility_timeout_ms: 60_000,
             lease_ms: None,
@@ -139,6 +142,7 @@ const ENV_KEYS: &[&str] = &[
     "mongo_database",
     "event_ttl_days",
     "worker_id",
+    "workers",
     "worker_rate_limit",
     "visibility_timeout_ms",
     "lease_ms",

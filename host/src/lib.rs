@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod load;
 pub mod plugin;
 pub mod queue;
 pub mod retry;
@@ -94,7 +95,9 @@ pub async fn run(
         worker_stats.clone(),
     );
     let workers_stop = CancellationToken::new();
-    let workers_task = tokio::spawn(workers.run(workers_stop.clone()));
+    let workers_task = config
+        .workers
+        .then(|| tokio::spawn(workers.run(workers_stop.clone())));
 
     let verifier = http::signature::Verifier::new(
         &config.secrets(),
@@ -122,6 +125,7 @@ pub async fn run(
         %addr,
         backend = "redis+mongodb",
         consumer = %consumer,
+        workers = config.workers,
         plugins_dir = %config.plugins_dir.display(),
         plugins = ?loaded,
         "switchyard listening"
@@ -134,7 +138,9 @@ pub async fn run(
     .await?;
     tracing::info!("stopped accepting requests; draining workers");
     workers_stop.cancel();
-    let _ = workers_task.await;
+    if let Some(task) = workers_task {
+        let _ = task.await;
+    }
     shutdown.cancel();
     let _ = watcher.await;
     tracing::info!("switchyard stopped");

@@ -26,6 +26,14 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Send signed events to a gateway and report throughput, latency and (with --wait) the drain.
+    Load {
+        #[command(flatten)]
+        options: switchyard::load::LoadOptions,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -59,6 +67,13 @@ enum BenchCommand {
         calls: u32,
         #[arg(long, default_value_t = 20)]
         reloads: u32,
+    },
+    /// Signature verification cost.
+    Hmac {
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u32,
     },
 }
 
@@ -109,6 +124,25 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         }) => {
             switchyard::telemetry::init(Some("pretty"));
             switchyard::cli::run(&file, &event, &context, &config).await
+        }
+        Command::Load { options, json } => {
+            let report = switchyard::load::run(options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                switchyard::load::print(&report);
+            }
+            let failures: u64 = report
+                .statuses
+                .iter()
+                .filter(|(k, _)| k.as_str() != "202")
+                .map(|(_, v)| v)
+                .sum();
+            Ok(failures == 0 && report.drain.as_ref().is_none_or(|d| d.failed == 0))
+        }
+        Command::Bench(BenchCommand::Hmac { size, iterations }) => {
+            switchyard::bench::hmac(size, iterations)?;
+            Ok(true)
         }
         Command::Bench(BenchCommand::Plugin {
             noop,

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The benchmark suite behind BENCHMARKS.md. Release build; Redis (AOF, fsync always) and
+# SecantusDB started on free loopback ports; every load bounded; everything stopped at the end.
+#   scripts/bench.sh            all scenarios
+#   SCENARIOS="ingest drain" scripts/bench.sh
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+SCENARIOS="${SCENARIOS:-plugin hmac ingest drain rss}"
+bash scripts/setup.sh >/dev/null
+bash scripts/build-plugins.sh 2>/dev/null
+cargo build --release --locked -p switchyard
+bin="${CARGO_TARGET_DIR:-$root/target}/release/switchyard"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+echo "# $(date -u +%F) on $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(rustc --version)"
+
+redis_port="$(free_port)"; mongo_port="$(free_port)"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always --dir "$work" \
+  >"$work/redis.log" 2>&1 & pids+=($!)
+"${SWITCHYARD_TOOLS_DIR:-$HOME/.cache/switchyard}/secantus-venv/bin/secantusd-py" --host 127.0.0.1 --port "$mongo_port" \
+  --storage-path "$work/mongo" --log-level WARNING >"$work/mongo.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 300); do
+  python3 -c "import socket; socket.create_connection(('127.0.0.1',$mongo_port),0.2); socket.create_connection(('127.0.0.1',$redis_port),0.2)" 2>/dev/null && break
+  sleep 0.2
+done
+export HMAC_SECRET=bench-secret ADMIN_TOKEN=bench-token
+common=(REDIS_URL="redis://127.0.0.1:$redis_port" MONGO_URL="mongodb://127.0.0.1:$mongo_port" HOST=127.0.0.1
+  PLUGINS_DIR="$root/plugins/dist" RATE_LIMIT_MAX_REQUESTS=0 QUEUE_MAX_DEPTH=0 LOG_FORMAT=json RUST_LOG=info)
+
+start_gateway() { # name, extra env...
+  local name="$1"; shift
+  local port; port="$(free_port)"
+  env "${common[@]}" PORT="$port" MONGO_DATABASE="bench_$name" QUEUE_PREFIX="bench_$name" "$@" \
+    "$bin" serve >"$work/$name.log" 2>&1 &
+  gw_pid=$!; pids+=("$gw_pid")
+  gw_url="http://127.0.0.1:$port"
+  wait_http "$gw_url/health"
+}
+
+for s in $SCENARIOS; do case "$s" in
+plugin)
+  echo; echo "## plugin host: call overhead and reload  ($bin bench plugin)"
+  "$bin" bench plugin 2>/dev/null ;;
+hmac)
+  echo; echo "## signature verification  ($bin bench hmac)"
+  "$bin" bench hmac ;;
+ingest)
+  start_gateway ingest WORKERS=false
+  for c in 50 200; do
+    echo; echo "## ingest, Redis backend (AOF fsync always), ingest-only gateway, concurrency $c"
+    echo "\$ switchyard load --requests 60000 --concurrency $c"
+    "$bin" load --url "$gw_url" --requests 60000 --concurrency "$c"
+  done
+  echo "gateway RSS after 120k requests: $(rss_mb "$gw_pid") MB"
+  kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
+drain)
+  start_gateway drain
+  echo; echo "## end to end: default plugin as shipped (2 s, 10 % transient), Redis + SecantusDB"
+  echo "idle RSS: $(rss_mb "$gw_pid") MB"
+  echo "\$ switchyard load --requests 1000 --concurrency 50 --wait"
+  "$bin" load --url "$gw_url" --requests 1000 --concurrency 50 --wait
+  kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
+rss)
+  start_gateway rss QUEUE_CONCURRENCY=5000
+  echo; echo "## memory: 5,000 events accepted at once and drained (QUEUE_CONCURRENCY=5000)"
+  echo "idle RSS: $(rss_mb "$gw_pid") MB"
+  ( max=0; while kill -0 "$gw_pid" 2>/dev/null; do r=$(awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status" 2>/dev/null || echo 0)
+      [ "${r:-0}" -gt "$max" ] && max=$r && echo "$max" > "$work/rss.max"; sleep 0.2; done ) &
+  sampler=$!
+  inflight_max=0
+  ( while kill -0 "$gw_pid" 2>/dev/null; do
+      n=$(curl -s -H "authorization: Bearer $ADMIN_TOKEN" "$gw_url/events/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"]["inProgress"])' 2>/dev/null || echo 0)
+      [ "$n" -gt "$(cat "$work/inflight.max" 2>/dev/null || echo 0)" ] && echo "$n" > "$work/inflight.max"; sleep 0.5; done ) &
+  poller=$!
+  "$bin" load --url "$gw_url" --requests 5000 --concurrency 100 --wait --wait-timeout 600
+  kill "$sampler" "$poller" 2>/dev/null || true
+  echo "max RSS while draining: $(awk '{printf "%.1f", $1/1024}' "$work/rss.max") MB; most routes in flight at once: $(cat "$work/inflight.max" 2>/dev/null || echo 0)"
+  kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
+esac; done
