@@ -20,6 +20,14 @@ SECANTUSD="$TOOLS_DIR/secantus-venv/bin/secantusd-py"
 step "build plugins (wasm32-wasip2 components)"
 bash scripts/build-plugins.sh
 
+step "bundled plugins match their sources"
+for p in default-router content-router; do
+  if ! cmp -s "plugins/dist/$p.wasm" "plugins/prebuilt/$p.wasm"; then
+    echo "plugins/prebuilt/$p.wasm differs from a fresh build: run scripts/build-plugins.sh --update-prebuilt" >&2
+    exit 1
+  fi
+done
+
 step "format"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)

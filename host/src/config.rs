@@ -20,7 +20,11 @@ pub struct Config {
     /// `PORT`: TCP port to listen on.
     pub port: u16,
     /// `PLUGINS_DIR`: directory of `.wasm` routing plugins (and `switchyard.toml`), watched live.
+    /// When it holds no plugin, the bundled ones are installed into it.
     pub plugins_dir: PathBuf,
+    /// `DATA_DIR`: the embedded store (used when neither `REDIS_URL` nor `MONGO_URL` is set) and
+    /// generated secrets.
+    pub data_dir: PathBuf,
     /// `QUEUE_CONCURRENCY`: routing calls in flight at most (worker pool size).
     pub queue_concurrency: u32,
     /// `PLUGIN_TIMEOUT_MS`: wall-clock limit of one routing call.
@@ -86,7 +90,8 @@ impl Default for Config {
         Config {
             host: "0.0.0.0".into(),
             port: 3000,
-            plugins_dir: PathBuf::from("plugins/dist"),
+            plugins_dir: PathBuf::from("data/plugins"),
+            data_dir: PathBuf::from("data"),
             queue_concurrency: 512,
             plugin_timeout_ms: 10_000,
             plugin_memory_mb: 64,
@@ -124,6 +129,7 @@ const ENV_KEYS: &[&str] = &[
     "host",
     "port",
     "plugins_dir",
+    "data_dir",
     "queue_concurrency",
     "plugin_timeout_ms",
     "plugin_memory_mb",
@@ -190,8 +196,8 @@ impl Config {
             "PLUGIN_MEMORY_MB must be between 1 and 4096"
         );
         anyhow::ensure!(
-            !self.secrets().is_empty(),
-            "HMAC_SECRET is required (the producers' signing secret)"
+            self.redis_url.is_some() == self.mongo_url.is_some(),
+            "set both REDIS_URL and MONGO_URL (production backends) or neither (embedded store in DATA_DIR)"
         );
         anyhow::ensure!(
             self.max_retry_attempts >= 1,
@@ -221,6 +227,11 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// True when the embedded store is the backend (no Redis, no MongoDB configured).
+    pub fn embedded(&self) -> bool {
+        self.redis_url.is_none() && self.mongo_url.is_none()
     }
 
     /// The active HMAC secrets.

@@ -4,8 +4,10 @@
 //! `127.0.0.1:0`.
 
 pub mod bench;
+mod bundled;
 pub mod cli;
 pub mod config;
+pub mod embedded;
 pub mod event;
 pub mod http;
 pub mod load;
@@ -38,29 +40,25 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let addr = listener.local_addr()?;
-    let redis_url = config.redis_url.clone().context("REDIS_URL is required")?;
-    let mongo_url = config.mongo_url.clone().context("MONGO_URL is required")?;
-    let queue: Arc<dyn Queue> = Arc::new(
-        queue::redis::RedisQueue::connect(queue::redis::RedisQueueConfig {
-            url: redis_url,
-            prefix: config.queue_prefix.clone(),
-            max_depth: config.queue_max_depth,
-            command_timeout: Duration::from_millis(config.redis_timeout_ms),
-        })
-        .await
-        .context("cannot connect to Redis (REDIS_URL)")?,
-    );
-    let state: Arc<dyn StateStore> = Arc::new(
-        state::mongo::MongoStore::connect(state::mongo::MongoConfig {
-            url: mongo_url,
-            database: config.mongo_database.clone(),
-            timeout: Duration::from_secs(5),
-            ttl: (config.event_ttl_days > 0)
-                .then(|| Duration::from_secs(config.event_ttl_days * 86_400)),
-        })
-        .await
-        .context("cannot connect to MongoDB (MONGO_URL)")?,
-    );
+    let (queue, state, backend) = open_backends(&config).await?;
+    let secrets = match config.secrets() {
+        s if !s.is_empty() => s,
+        _ if config.embedded() => vec![generated_secret(&config.data_dir, "hmac-secret")?],
+        _ => anyhow::bail!("HMAC_SECRET is required (the producers' signing secret)"),
+    };
+    let admin_token = match config.admin_token.clone().filter(|t| !t.is_empty()) {
+        Some(t) => Some(t),
+        None if config.embedded() => Some(generated_secret(&config.data_dir, "admin-token")?),
+        None => None,
+    };
+    if bundled::install_if_empty(&config.plugins_dir).with_context(|| {
+        format!(
+            "cannot prepare plugins directory {}",
+            config.plugins_dir.display()
+        )
+    })? {
+        tracing::info!(dir = %config.plugins_dir.display(), "plugins directory was empty: installed the bundled plugins");
+    }
 
     let sandbox = Sandbox::new(config.plugin_limits())?;
     let context = Arc::new(state::StoreContext(state.clone()));
@@ -100,7 +98,7 @@ pub async fn run(
         .then(|| tokio::spawn(workers.run(workers_stop.clone())));
 
     let verifier = http::signature::Verifier::new(
-        &config.secrets(),
+        &secrets,
         Duration::from_secs(config.signature_tolerance_secs),
     )
     .map_err(anyhow::Error::msg)?;
@@ -114,16 +112,12 @@ pub async fn run(
             rate_limit: config.rate_limit_max_requests,
             rate_window: Duration::from_millis(config.rate_limit_window_ms),
         }),
-        admin_token: config
-            .admin_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .map(Arc::from),
+        admin_token: admin_token.map(Arc::from),
         worker_stats,
     });
     tracing::info!(
         %addr,
-        backend = "redis+mongodb",
+        backend,
         consumer = %consumer,
         workers = config.workers,
         plugins_dir = %config.plugins_dir.display(),
@@ -157,4 +151,71 @@ fn default_worker_id(addr: SocketAddr) -> String {
         host
     };
     format!("{host}:{}", addr.port())
+}
+
+/// The queue and state store the configuration names: Redis + MongoDB, or the embedded store.
+async fn open_backends(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Queue>, Arc<dyn StateStore>, String)> {
+    if config.embedded() {
+        let db = embedded::EmbeddedDb::open(&config.data_dir)?;
+        let queue = queue::embedded::EmbeddedQueue::open(db.clone(), config.queue_max_depth)?;
+        let backend = format!(
+            "embedded ({})",
+            config.data_dir.join(embedded::DB_FILE).display()
+        );
+        return Ok((
+            Arc::new(queue),
+            Arc::new(state::embedded::EmbeddedState::new(db)),
+            backend,
+        ));
+    }
+    let (Some(redis_url), Some(mongo_url)) = (config.redis_url.clone(), config.mongo_url.clone())
+    else {
+        anyhow::bail!("set both REDIS_URL and MONGO_URL, or neither");
+    };
+    let queue = queue::redis::RedisQueue::connect(queue::redis::RedisQueueConfig {
+        url: redis_url,
+        prefix: config.queue_prefix.clone(),
+        max_depth: config.queue_max_depth,
+        command_timeout: Duration::from_millis(config.redis_timeout_ms),
+    })
+    .await
+    .context("cannot connect to Redis (REDIS_URL)")?;
+    let state = state::mongo::MongoStore::connect(state::mongo::MongoConfig {
+        url: mongo_url,
+        database: config.mongo_database.clone(),
+        timeout: Duration::from_secs(5),
+        ttl: (config.event_ttl_days > 0)
+            .then(|| Duration::from_secs(config.event_ttl_days * 86_400)),
+    })
+    .await
+    .context("cannot connect to MongoDB (MONGO_URL)")?;
+    Ok((
+        Arc::new(queue),
+        Arc::new(state),
+        "redis+mongodb".to_string(),
+    ))
+}
+
+/// A secret kept in `dir/name`, generated (random, 0600) on first use.
+fn generated_secret(dir: &std::path::Path, name: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    if let Ok(s) = std::fs::read_to_string(&path)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().to_string());
+    }
+    std::fs::create_dir_all(dir)?;
+    let secret = hex::encode(rand::random::<[u8; 24]>());
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(&path)?.write_all(secret.as_bytes())?;
+    tracing::warn!(path = %path.display(), "generated {name} (set it in the environment to choose your own)");
+    Ok(secret)
 }

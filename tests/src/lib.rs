@@ -138,6 +138,15 @@ pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
 /// A gateway configuration for tests: the run's Redis and SecantusDB, a key prefix and a
 /// database of its own, fast retries.
 pub fn gateway_config(plugins_dir: &Path) -> switchyard::Config {
+    switchyard::Config {
+        redis_url: Some(redis_url()),
+        mongo_url: Some(mongo_url()),
+        ..base_config(plugins_dir)
+    }
+}
+
+/// Test settings without a backend (embedded unless URLs are added).
+fn base_config(plugins_dir: &Path) -> switchyard::Config {
     let name = unique("t");
     switchyard::Config {
         host: "127.0.0.1".into(),
@@ -147,9 +156,7 @@ pub fn gateway_config(plugins_dir: &Path) -> switchyard::Config {
         plugin_timeout_ms: 5_000,
         hmac_secret: TEST_SECRET.into(),
         admin_token: Some(TEST_ADMIN_TOKEN.into()),
-        redis_url: Some(redis_url()),
         queue_prefix: name.clone(),
-        mongo_url: Some(mongo_url()),
         mongo_database: name,
         visibility_timeout_ms: 30_000,
         backend_retry_ms: 200,
@@ -158,6 +165,14 @@ pub fn gateway_config(plugins_dir: &Path) -> switchyard::Config {
         rate_limit_max_requests: 0,
         shutdown_grace_ms: 5_000,
         ..switchyard::Config::default()
+    }
+}
+
+/// A gateway configuration on the embedded store in `data_dir` (no Redis, no MongoDB).
+pub fn embedded_config(plugins_dir: &Path, data_dir: &Path) -> switchyard::Config {
+    switchyard::Config {
+        data_dir: data_dir.to_path_buf(),
+        ..base_config(plugins_dir)
     }
 }
 
@@ -264,16 +279,23 @@ impl Client {
 
     /// POSTs an event signed with `x-hmac-signature`.
     pub async fn send(&self, event: &serde_json::Value) -> Answer {
+        self.try_send(event).await.expect("POST /events")
+    }
+
+    /// Like [`Self::send`], `None` when the connection fails (the gateway died mid-request).
+    pub async fn try_send(&self, event: &serde_json::Value) -> Option<Answer> {
         let body = serde_json::to_vec(event).unwrap();
         let sig = switchyard::http::signature::sign_hex(TEST_SECRET.as_bytes(), &body);
-        self.post_raw(
-            body,
-            &[
-                ("content-type", "application/json".into()),
-                ("x-hmac-signature", sig),
-            ],
-        )
-        .await
+        let r = self
+            .http
+            .post(format!("{}/events", self.base))
+            .header("content-type", "application/json")
+            .header("x-hmac-signature", sig)
+            .body(body)
+            .send()
+            .await
+            .ok()?;
+        Some(Client::answer(r).await)
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -383,10 +405,9 @@ pub fn gateway_env(config: &switchyard::Config, port: u16) -> Vec<(String, Strin
         ("QUEUE_CONCURRENCY", config.queue_concurrency.to_string()),
         ("PLUGIN_TIMEOUT_MS", config.plugin_timeout_ms.to_string()),
         ("HMAC_SECRET", config.hmac_secret.clone()),
-        ("REDIS_URL", config.redis_url.clone().unwrap_or_default()),
         ("QUEUE_PREFIX", config.queue_prefix.clone()),
-        ("MONGO_URL", config.mongo_url.clone().unwrap_or_default()),
         ("MONGO_DATABASE", config.mongo_database.clone()),
+        ("DATA_DIR", config.data_dir.display().to_string()),
         (
             "VISIBILITY_TIMEOUT_MS",
             config.visibility_timeout_ms.to_string(),
@@ -403,6 +424,12 @@ pub fn gateway_env(config: &switchyard::Config, port: u16) -> Vec<(String, Strin
     ];
     if let Some(t) = &config.admin_token {
         env.push(("ADMIN_TOKEN", t.clone()));
+    }
+    if let Some(u) = &config.redis_url {
+        env.push(("REDIS_URL", u.clone()));
+    }
+    if let Some(u) = &config.mongo_url {
+        env.push(("MONGO_URL", u.clone()));
     }
     if let Some(w) = &config.worker_id {
         env.push(("WORKER_ID", w.clone()));

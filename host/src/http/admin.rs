@@ -195,3 +195,43 @@ pub async fn replay(
     tracing::info!(replayed = ids.len(), filter = ?filter, "dead-letter queue replayed");
     Ok(Json(json!({ "replayed": ids.len(), "eventIds": ids })).into_response())
 }
+
+/// `PUT /context/{kind}/{id}`: creates or replaces a live `order` / `shipment` document that
+/// plugins read through `context.lookup` (admin token required).
+pub async fn put_context(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((kind, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, true)?;
+    if kind != "order" && kind != "shipment" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "kind must be `order` or `shipment`",
+        ));
+    }
+    if !crate::event::is_printable_id(&id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            "id must be 1 to 128 printable characters",
+        ));
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&body)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_document",
+                "body must be a JSON object",
+            )
+        })?;
+    s.state
+        .put_context(&kind, &id, &doc.to_string())
+        .await
+        .map_err(|e| ApiError::unavailable("the state store", &e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -85,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events/failed", get(admin::failed))
         .route("/events/dlq/replay", post(admin::replay))
         .route("/events/{event_id}", get(admin::event))
+        .route("/context/{kind}/{id}", axum::routing::put(admin::put_context))
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
         .route("/plugins", get(plugins))

@@ -4,6 +4,7 @@
 //! delayed set, or dead-lettered; one left unfinished (crash) is handed out again by
 //! [`Queue::reclaim`] once it has been idle for the visibility timeout.
 
+pub mod embedded;
 pub mod redis;
 
 use std::time::Duration;

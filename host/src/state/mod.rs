@@ -1,6 +1,7 @@
 //! The event state store: one record per `eventId`, the idempotent claim, the lifecycle
 //! `ROUTING_PENDING → ROUTED | FAILED` with its history, and read-only live context.
 
+pub mod embedded;
 pub mod mongo;
 
 use std::time::Duration;
@@ -130,6 +131,8 @@ pub trait StateStore: Send + Sync + 'static {
     async fn counts(&self) -> Result<StateCounts, Error>;
     /// Live `order` / `shipment` documents for plugins, as JSON text.
     async fn lookup(&self, kind: &str, id: &str) -> Result<Option<String>, Error>;
+    /// Creates or replaces a live document (`PUT /context/{kind}/{id}`).
+    async fn put_context(&self, kind: &str, id: &str, document: &str) -> Result<(), Error>;
     async fn ping(&self) -> Result<(), Error>;
 }
 

@@ -284,6 +284,26 @@ impl StateStore for MongoStore {
         Ok(found.map(|d| Bson::Document(d).into_relaxed_extjson().to_string()))
     }
 
+    async fn put_context(&self, kind: &str, id: &str, document: &str) -> Result<(), Error> {
+        let collection = match kind {
+            "order" => "orders",
+            "shipment" => "shipments",
+            other => return Err(Error::Unavailable(format!("unknown context kind {other}"))),
+        };
+        let value: serde_json::Value = serde_json::from_str(document)
+            .map_err(|e| Error::Unavailable(format!("not JSON: {e}")))?;
+        let mut doc = bson::to_document(&value)
+            .map_err(|e| Error::Unavailable(format!("not a document: {e}")))?;
+        doc.insert("_id", id);
+        self.db
+            .collection::<Document>(collection)
+            .replace_one(doc! { "_id": id }, doc)
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         self.db
             .run_command(doc! { "ping": 1 })

@@ -1,0 +1,471 @@
+//! The queue on the embedded store.
+//!
+//! Durable part (redb, see [`crate::embedded`]): `jobs` holds every queued entry (ready or being
+//! routed), `delayed` the retries by due time, `dlq` the dead letters. The split between ready
+//! and in flight lives in memory: only this process can open the store, so after a restart every
+//! entry still in `jobs` is simply ready again (a delivery that had finished is then recognised
+//! by the state store and acked).
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redb::{ReadableTable, ReadableTableMetadata};
+use tokio::sync::Notify;
+
+use super::{DeadLetter, Delivery, Error, Queue, QueueStats, ReplayFilter};
+use crate::embedded::{ACCEPTED, DELAYED, DLQ, EmbeddedDb, JOBS};
+use crate::event::Job;
+
+type E = crate::embedded::Error;
+
+fn storage(e: E) -> Error {
+    Error::Unavailable(e.0)
+}
+
+fn id_of(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+fn seq_of(id: &str) -> Result<u64, Error> {
+    id.parse().map_err(|_| Error::Corrupt {
+        id: id.to_string(),
+        reason: "not an embedded queue id".into(),
+    })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, E> {
+    serde_json::to_vec(v).map_err(E::from)
+}
+
+/// What the dead-letter table stores.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Letter {
+    job: Job,
+    error: String,
+    kind: String,
+    failed_at_ms: u64,
+}
+
+#[derive(Default)]
+struct Mem {
+    ready: VecDeque<Delivery>,
+    in_flight: HashMap<u64, (Instant, Delivery)>,
+}
+
+/// The embedded queue.
+pub struct EmbeddedQueue {
+    db: EmbeddedDb,
+    mem: Mutex<Mem>,
+    arrived: Notify,
+    /// Next sequence number; shared with write closures, which run on the writer thread.
+    seq: Arc<AtomicU64>,
+    delayed: AtomicU64,
+    max_depth: u64,
+}
+
+impl std::fmt::Debug for EmbeddedQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedQueue")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedQueue {
+    /// Loads the queue from the store: every entry in `jobs` is ready.
+    pub fn open(db: EmbeddedDb, max_depth: u64) -> Result<Self, Error> {
+        let (ready, delayed, max_seq) = db
+            .read(|txn| {
+                let jobs = txn.open_table(JOBS).map_err(E::from)?;
+                let mut ready = VecDeque::new();
+                for row in jobs.iter().map_err(E::from)? {
+                    let (k, v) = row.map_err(E::from)?;
+                    match serde_json::from_slice::<Job>(v.value()) {
+                        Ok(job) => ready.push_back(Delivery { id: id_of(k.value()), job }),
+                        Err(err) => tracing::error!(seq = k.value(), error = %err, "undecodable queue entry skipped"),
+                    }
+                }
+                let delayed_t = txn.open_table(DELAYED).map_err(E::from)?;
+                let dlq = txn.open_table(DLQ).map_err(E::from)?;
+                let last_job = jobs.last().map_err(E::from)?.map(|(k, _)| k.value()).unwrap_or(0);
+                let last_dlq = dlq.last().map_err(E::from)?.map(|(k, _)| k.value()).unwrap_or(0);
+                let mut last_delayed = 0;
+                for row in delayed_t.iter().map_err(E::from)? {
+                    let (k, _) = row.map_err(E::from)?;
+                    last_delayed = last_delayed.max(k.value().1);
+                }
+                Ok((ready, delayed_t.len().map_err(E::from)?, last_job.max(last_dlq).max(last_delayed)))
+            })
+            .map_err(storage)?;
+        if !ready.is_empty() {
+            tracing::info!(
+                entries = ready.len(),
+                "embedded queue: entries left from the last run are ready again"
+            );
+        }
+        Ok(EmbeddedQueue {
+            db,
+            mem: Mutex::new(Mem {
+                ready,
+                in_flight: HashMap::new(),
+            }),
+            arrived: Notify::new(),
+            seq: Arc::new(AtomicU64::new(max_seq + 1)),
+            delayed: AtomicU64::new(delayed),
+            max_depth,
+        })
+    }
+
+    fn mem(&self) -> std::sync::MutexGuard<'_, Mem> {
+        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn push_ready(&self, deliveries: impl IntoIterator<Item = Delivery>) {
+        let mut mem = self.mem();
+        let before = mem.ready.len();
+        mem.ready.extend(deliveries);
+        if mem.ready.len() > before {
+            drop(mem);
+            self.arrived.notify_waiters();
+            self.arrived.notify_one();
+        }
+    }
+
+    fn take_ready(&self, max: usize) -> Vec<Delivery> {
+        let mut mem = self.mem();
+        let n = max.min(mem.ready.len());
+        let taken: Vec<Delivery> = mem.ready.drain(..n).collect();
+        let now = Instant::now();
+        for d in &taken {
+            if let Ok(seq) = d.id.parse() {
+                mem.in_flight.insert(seq, (now, d.clone()));
+            }
+        }
+        taken
+    }
+
+    fn done(&self, delivery: &Delivery) {
+        if let Ok(seq) = delivery.id.parse::<u64>() {
+            self.mem().in_flight.remove(&seq);
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for EmbeddedQueue {
+    async fn enqueue(&self, job: &Job) -> Result<(), Error> {
+        if self.max_depth > 0 {
+            let depth = {
+                let mem = self.mem();
+                (mem.ready.len() + mem.in_flight.len()) as u64
+            } + self.delayed.load(Ordering::Relaxed);
+            if depth >= self.max_depth {
+                return Err(Error::Full(depth));
+            }
+        }
+        let seq = self.next_seq();
+        let bytes = json(job).map_err(storage)?;
+        let (event_id, received) = (job.event_id.clone(), job.received_at_ms);
+        self.db
+            .write(move |txn| {
+                txn.open_table(JOBS)
+                    .map_err(E::from)?
+                    .insert(seq, bytes.as_slice())
+                    .map_err(E::from)?;
+                txn.open_table(ACCEPTED)
+                    .map_err(E::from)?
+                    .insert(event_id.as_str(), received)
+                    .map_err(E::from)?;
+                Ok(())
+            })
+            .await
+            .map_err(storage)?;
+        self.push_ready([Delivery {
+            id: id_of(seq),
+            job: job.clone(),
+        }]);
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        _consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, Error> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.arrived.notified();
+            let got = self.take_ready(max.max(1));
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn reclaim(
+        &self,
+        _consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>, Error> {
+        let mut mem = self.mem();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (fetched, d) in mem.in_flight.values_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if now.duration_since(*fetched) >= min_idle {
+                *fetched = now;
+                out.push(d.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {
+        let seq = seq_of(&delivery.id)?;
+        let event_id = delivery.job.event_id.clone();
+        self.db
+            .write(move |txn| {
+                txn.open_table(JOBS)
+                    .map_err(E::from)?
+                    .remove(seq)
+                    .map_err(E::from)?;
+                txn.open_table(ACCEPTED)
+                    .map_err(E::from)?
+                    .remove(event_id.as_str())
+                    .map_err(E::from)?;
+                Ok(())
+            })
+            .await
+            .map_err(storage)?;
+        self.done(delivery);
+        Ok(())
+    }
+
+    async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        next: &Job,
+        due_at_ms: u64,
+    ) -> Result<(), Error> {
+        let seq = seq_of(&delivery.id)?;
+        let new_seq = self.next_seq();
+        let bytes = json(next).map_err(storage)?;
+        self.db
+            .write(move |txn| {
+                txn.open_table(JOBS)
+                    .map_err(E::from)?
+                    .remove(seq)
+                    .map_err(E::from)?;
+                txn.open_table(DELAYED)
+                    .map_err(E::from)?
+                    .insert((due_at_ms, new_seq), bytes.as_slice())
+                    .map_err(E::from)?;
+                Ok(())
+            })
+            .await
+            .map_err(storage)?;
+        self.delayed.fetch_add(1, Ordering::Relaxed);
+        self.done(delivery);
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error_kind: &str,
+        error: &str,
+    ) -> Result<(), Error> {
+        let seq = seq_of(&delivery.id)?;
+        let new_seq = self.next_seq();
+        let letter = Letter {
+            job: delivery.job.clone(),
+            error: error.to_string(),
+            kind: error_kind.to_string(),
+            failed_at_ms: crate::worker::now_ms(),
+        };
+        let bytes = json(&letter).map_err(storage)?;
+        let event_id = delivery.job.event_id.clone();
+        self.db
+            .write(move |txn| {
+                txn.open_table(JOBS)
+                    .map_err(E::from)?
+                    .remove(seq)
+                    .map_err(E::from)?;
+                txn.open_table(DLQ)
+                    .map_err(E::from)?
+                    .insert(new_seq, bytes.as_slice())
+                    .map_err(E::from)?;
+                txn.open_table(ACCEPTED)
+                    .map_err(E::from)?
+                    .remove(event_id.as_str())
+                    .map_err(E::from)?;
+                Ok(())
+            })
+            .await
+            .map_err(storage)?;
+        self.done(delivery);
+        Ok(())
+    }
+
+    async fn promote_due(&self, now_ms: u64, max: usize) -> Result<usize, Error> {
+        if self.delayed.load(Ordering::Relaxed) == 0 {
+            return Ok(0);
+        }
+        let seq = self.seq.clone();
+        let moved = self
+            .db
+            .write(move |txn| {
+                let mut delayed = txn.open_table(DELAYED).map_err(E::from)?;
+                let mut jobs = txn.open_table(JOBS).map_err(E::from)?;
+                let mut due = Vec::new();
+                for row in delayed.range(..(now_ms + 1, 0)).map_err(E::from)? {
+                    if due.len() >= max {
+                        break;
+                    }
+                    let (k, v) = row.map_err(E::from)?;
+                    due.push((k.value(), v.value().to_vec()));
+                }
+                let mut moved = Vec::new();
+                for (key, bytes) in due {
+                    let s = seq.fetch_add(1, Ordering::Relaxed);
+                    delayed.remove(key).map_err(E::from)?;
+                    jobs.insert(s, bytes.as_slice()).map_err(E::from)?;
+                    if let Ok(job) = serde_json::from_slice::<Job>(&bytes) {
+                        moved.push(Delivery { id: id_of(s), job });
+                    }
+                }
+                Ok(moved)
+            })
+            .await
+            .map_err(storage)?;
+        let n = moved.len();
+        self.delayed.fetch_sub(n as u64, Ordering::Relaxed);
+        self.push_ready(moved);
+        Ok(n)
+    }
+
+    async fn dead_letters(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        let start = match after {
+            Some(a) => Bound::Excluded(seq_of(a)?),
+            None => Bound::Unbounded,
+        };
+        self.db
+            .read(|txn| {
+                let dlq = txn.open_table(DLQ).map_err(E::from)?;
+                let mut out = Vec::new();
+                for row in dlq
+                    .range::<u64>((start, Bound::Unbounded))
+                    .map_err(E::from)?
+                    .take(limit)
+                {
+                    let (k, v) = row.map_err(E::from)?;
+                    if let Ok(l) = serde_json::from_slice::<Letter>(v.value()) {
+                        out.push(DeadLetter {
+                            id: id_of(k.value()),
+                            job: l.job,
+                            error: l.error,
+                            error_kind: l.kind,
+                            failed_at_ms: l.failed_at_ms,
+                        });
+                    }
+                }
+                Ok(out)
+            })
+            .map_err(storage)
+    }
+
+    async fn replay(&self, filter: &ReplayFilter) -> Result<Vec<String>, Error> {
+        let filter = filter.clone();
+        let seq = self.seq.clone();
+        let moved = self
+            .db
+            .write(move |txn| {
+                let mut dlq = txn.open_table(DLQ).map_err(E::from)?;
+                let mut jobs = txn.open_table(JOBS).map_err(E::from)?;
+                let mut accepted = txn.open_table(ACCEPTED).map_err(E::from)?;
+                let mut matching = Vec::new();
+                for row in dlq.iter().map_err(E::from)? {
+                    let (k, v) = row.map_err(E::from)?;
+                    if let Ok(l) = serde_json::from_slice::<Letter>(v.value())
+                        && filter.matches(&l.job)
+                    {
+                        matching.push((k.value(), l.job));
+                    }
+                }
+                let mut moved = Vec::new();
+                for (key, job) in matching {
+                    dlq.remove(key).map_err(E::from)?;
+                    let job = Job {
+                        attempt: 1,
+                        replays: job.replays + 1,
+                        ..job
+                    };
+                    let s = seq.fetch_add(1, Ordering::Relaxed);
+                    jobs.insert(s, json(&job)?.as_slice()).map_err(E::from)?;
+                    accepted
+                        .insert(job.event_id.as_str(), crate::worker::now_ms())
+                        .map_err(E::from)?;
+                    moved.push(Delivery { id: id_of(s), job });
+                }
+                Ok(moved)
+            })
+            .await
+            .map_err(storage)?;
+        let ids = moved.iter().map(|d| d.job.event_id.clone()).collect();
+        self.push_ready(moved);
+        Ok(ids)
+    }
+
+    async fn accepted_at(&self, event_id: &str) -> Result<Option<u64>, Error> {
+        self.db
+            .read(|txn| {
+                Ok(txn
+                    .open_table(ACCEPTED)
+                    .map_err(E::from)?
+                    .get(event_id)
+                    .map_err(E::from)?
+                    .map(|v| v.value()))
+            })
+            .map_err(storage)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, Error> {
+        let (ready, in_flight) = {
+            let mem = self.mem();
+            (mem.ready.len() as u64, mem.in_flight.len() as u64)
+        };
+        let dead_lettered = self
+            .db
+            .read(|txn| txn.open_table(DLQ).map_err(E::from)?.len().map_err(E::from))
+            .map_err(storage)?;
+        Ok(QueueStats {
+            ready,
+            in_flight,
+            delayed: self.delayed.load(Ordering::Relaxed),
+            dead_lettered,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.db.read(|_| Ok(())).map_err(storage)
+    }
+}
