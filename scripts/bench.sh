@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-SCENARIOS="${SCENARIOS:-plugin hmac ingest drain rss}"
+SCENARIOS="${SCENARIOS:-plugin hmac ingest drain rss embedded-ingest embedded-drain embedded-rss}"
 bash scripts/setup.sh >/dev/null
 bash scripts/build-plugins.sh 2>/dev/null
 cargo build --release --locked -p switchyard
@@ -43,6 +43,16 @@ start_gateway() { # name, extra env...
   wait_http "$gw_url/health"
 }
 
+start_embedded() { # name, extra env...
+  local name="$1"; shift
+  local port; port="$(free_port)"
+  env HOST=127.0.0.1 PORT="$port" DATA_DIR="$work/$name" PLUGINS_DIR="$root/plugins/dist" RATE_LIMIT_MAX_REQUESTS=0 \
+    QUEUE_MAX_DEPTH=0 LOG_FORMAT=json RUST_LOG=info "$@" "$bin" serve >"$work/$name.log" 2>&1 &
+  gw_pid=$!; pids+=("$gw_pid")
+  gw_url="http://127.0.0.1:$port"
+  wait_http "$gw_url/health"
+}
+
 for s in $SCENARIOS; do case "$s" in
 plugin)
   echo; echo "## plugin host: call overhead and reload  ($bin bench plugin)"
@@ -66,9 +76,24 @@ drain)
   echo "\$ switchyard load --requests 1000 --concurrency 50 --wait"
   "$bin" load --url "$gw_url" --requests 1000 --concurrency 50 --wait
   kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
-rss)
-  start_gateway rss QUEUE_CONCURRENCY=5000
-  echo; echo "## memory: 5,000 events accepted at once and drained (QUEUE_CONCURRENCY=5000)"
+embedded-ingest)
+  start_embedded e-ingest WORKERS=false
+  for c in 50 200; do
+    echo; echo "## ingest, embedded store (group commit, fsync per batch), ingest-only gateway, concurrency $c"
+    echo "\$ switchyard load --requests 60000 --concurrency $c"
+    "$bin" load --url "$gw_url" --requests 60000 --concurrency "$c"
+  done
+  kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
+embedded-drain)
+  start_embedded e-drain QUEUE_CONCURRENCY=2048
+  echo; echo "## end to end, embedded: 10,000 events through the default plugin (2 s, 10 % transient), QUEUE_CONCURRENCY=2048"
+  echo "idle RSS: $(rss_mb "$gw_pid") MB"
+  echo "\$ switchyard load --requests 10000 --concurrency 50 --wait"
+  "$bin" load --url "$gw_url" --requests 10000 --concurrency 50 --wait
+  kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
+embedded-rss|rss)
+  if [ "$s" = rss ]; then start_gateway rss QUEUE_CONCURRENCY=5000; else start_embedded e-rss QUEUE_CONCURRENCY=5000; fi
+  echo; echo "## memory ($s): 5,000 events accepted at once and drained (QUEUE_CONCURRENCY=5000)"
   echo "idle RSS: $(rss_mb "$gw_pid") MB"
   ( max=0; while kill -0 "$gw_pid" 2>/dev/null; do r=$(awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status" 2>/dev/null || echo 0)
       [ "${r:-0}" -gt "$max" ] && max=$r && echo "$max" > "$work/rss.max"; sleep 0.2; done ) &
@@ -81,5 +106,6 @@ rss)
   "$bin" load --url "$gw_url" --requests 5000 --concurrency 100 --wait --wait-timeout 600
   kill "$sampler" "$poller" 2>/dev/null || true
   echo "max RSS while draining: $(awk '{printf "%.1f", $1/1024}' "$work/rss.max") MB; most routes in flight at once: $(cat "$work/inflight.max" 2>/dev/null || echo 0)"
+  rm -f "$work/rss.max" "$work/inflight.max"
   kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
 esac; done

@@ -92,7 +92,7 @@ impl Default for Config {
             port: 3000,
             plugins_dir: PathBuf::from("data/plugins"),
             data_dir: PathBuf::from("data"),
-            queue_concurrency: 512,
+            queue_concurrency: 2048,
             plugin_timeout_ms: 10_000,
             plugin_memory_mb: 64,
             log_format: None,

@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod event;
 pub mod http;
 pub mod load;
+pub mod metrics;
 pub mod plugin;
 pub mod queue;
 pub mod retry;
@@ -39,6 +40,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    metrics::handle();
     let addr = listener.local_addr()?;
     let (queue, state, backend) = open_backends(&config).await?;
     let secrets = match config.secrets() {

@@ -300,7 +300,15 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
             field(&before, &["routed"]) + field(&before, &["failed"]) + report.accepted_events;
         let wait_deadline = Instant::now() + Duration::from_secs(opts.wait_timeout);
         loop {
-            let s = stats(&client, &opts).await?;
+            let s = match stats(&client, &opts).await {
+                Ok(s) => s,
+                Err(e) if Instant::now() < wait_deadline => {
+                    eprintln!("[drain] stats unavailable ({e}); retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let finished = field(&s, &["routed"]) + field(&s, &["failed"]);
             let idle = field(&s, &["ready"]) == 0
                 && field(&s, &["inFlight"]) == 0

@@ -263,6 +263,7 @@ impl Inner {
             Claim::Claimed => {}
             Claim::AlreadyRouted => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::event(&job.event_type, "duplicate");
                 tracing::info!("duplicate delivery of a routed event: not routed again");
                 return self.finish_queue(self.queue.ack(&d).await);
             }
@@ -313,6 +314,7 @@ impl Inner {
                     .await
                 {
                     self.stats.routed.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::event(&job.event_type, "routed");
                     tracing::info!(
                         destination,
                         plugin_version,
@@ -336,6 +338,7 @@ impl Inner {
                     attempt.next_attempt_at_ms = Some(due);
                     if self.record(&d, Finish::Retry { attempt }).await {
                         self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::event(&job.event_type, "retried");
                         tracing::warn!(error = %err, kind = err.kind(), plugin_version, retry_in_ms = delay.as_millis() as u64, "routing failed; retry scheduled");
                         self.finish_queue(
                             self.queue.retry_later(&d, &job.next_attempt(), due).await,
@@ -355,6 +358,7 @@ impl Inner {
                         .await
                     {
                         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::event(&job.event_type, "dead_lettered");
                         tracing::error!(error = %err, kind = err.kind(), plugin_version, attempts = job.attempt, "routing failed for good; dead-lettered");
                         self.finish_queue(self.queue.dead_letter(&d, err.kind(), &error).await);
                     }
@@ -383,6 +387,7 @@ impl Inner {
     /// or another delivery holds the event).
     async fn defer(&self, d: &Delivery, reason: &(dyn std::fmt::Display + Sync)) {
         self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::event(&d.job.event_type, "deferred");
         let due = now_ms() + self.settings.backend_retry_delay.as_millis() as u64;
         tracing::warn!(%reason, retry_in_ms = self.settings.backend_retry_delay.as_millis() as u64,
             "delivery deferred; the event stays queued");

@@ -14,6 +14,9 @@ use super::AppState;
 use super::error::ApiError;
 use crate::queue::ReplayFilter;
 
+/// Longest wait for a backend in an admin endpoint before answering 503.
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Checks the bearer token. With no `ADMIN_TOKEN` configured, `required_always` endpoints are
 /// refused and the others are open.
 fn authorize(s: &AppState, headers: &HeaderMap, required_always: bool) -> Result<(), ApiError> {
@@ -110,9 +113,16 @@ pub async fn event(
 
 pub async fn stats(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&s, &headers, false)?;
-    let (queue, states) = tokio::join!(s.queue.stats(), s.state.counts());
-    let queue = queue.map_err(|e| ApiError::unavailable("the queue", &e))?;
-    let states = states.map_err(|e| ApiError::unavailable("the state store", &e))?;
+    let (queue, states) = tokio::join!(
+        tokio::time::timeout(ADMIN_TIMEOUT, s.queue.stats()),
+        tokio::time::timeout(ADMIN_TIMEOUT, s.state.counts())
+    );
+    let queue = queue
+        .map_err(|e| ApiError::unavailable("the queue", &e))?
+        .map_err(|e| ApiError::unavailable("the queue", &e))?;
+    let states = states
+        .map_err(|e| ApiError::unavailable("the state store", &e))?
+        .map_err(|e| ApiError::unavailable("the state store", &e))?;
     Ok(Json(json!({
         "ready": queue.ready,
         "inFlight": queue.in_flight,

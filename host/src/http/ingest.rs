@@ -56,12 +56,18 @@ pub async fn ingest(
     let started = Instant::now();
     let correlation = match correlation_id(&headers) {
         Ok(c) => c,
-        Err(e) => return reject(e, None),
+        Err(e) => {
+            let response = reject(e, None);
+            crate::metrics::ingest(response.status().as_u16(), started.elapsed().as_secs_f64());
+            return response;
+        }
     };
-    match accept(&s, &headers, body, &correlation, started).await {
+    let response = match accept(&s, &headers, body, &correlation, started).await {
         Ok(r) => r,
         Err(e) => reject(e.with_correlation(&correlation), Some(&correlation)),
-    }
+    };
+    crate::metrics::ingest(response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
 }
 
 fn reject(e: ApiError, correlation: Option<&str>) -> Response {

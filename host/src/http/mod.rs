@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
         .route("/plugins", get(plugins))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -109,4 +110,20 @@ async fn plugins(State(s): State<AppState>) -> impl IntoResponse {
         "default": default,
         "rejections": s.plugins.rejections(),
     }))
+}
+
+/// `GET /metrics`: Prometheus text format. Queue depths are read at scrape time.
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    match tokio::time::timeout(Duration::from_secs(2), s.queue.stats()).await {
+        Ok(Ok(stats)) => crate::metrics::queue_depths(&stats),
+        Ok(Err(e)) => tracing::warn!(error = %e, "queue depths unavailable for /metrics"),
+        Err(_) => tracing::warn!("queue depths timed out for /metrics"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::handle().render(),
+    )
 }

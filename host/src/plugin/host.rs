@@ -276,6 +276,7 @@ impl PluginHost {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&name);
+        crate::metrics::plugin_reload(&name, "loaded");
         tracing::info!(
             plugin = %name, version = short(&version),
             previous = previous.as_deref().map(short).unwrap_or("-"),
@@ -325,6 +326,7 @@ impl PluginHost {
     }
 
     fn reject(&self, name: &str, version: Option<&str>, reason: String) -> String {
+        crate::metrics::plugin_reload(name, "rejected");
         tracing::warn!(plugin = name, version = version.map(short).unwrap_or("-"), %reason,
             "plugin version rejected; the previous version (if any) keeps serving");
         let rejection = Rejection {
@@ -358,11 +360,19 @@ impl PluginHost {
         let config = registry.manifest.config_for(&plugin.info.name);
         drop(registry);
         let call = self.call_context(&plugin.info.name, &plugin.info.version, request, config);
+        let started = Instant::now();
         let result = self
             .inner
             .sandbox
             .call(&plugin.prepared, call, request)
             .await;
+        let kind = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.kind());
+        crate::metrics::plugin_call(
+            &plugin.info.name,
+            &plugin.info.version,
+            kind,
+            started.elapsed().as_secs_f64(),
+        );
         RouteOutcome {
             plugin: Some(PluginId {
                 name: plugin.info.name.clone(),

@@ -45,7 +45,7 @@ impl Default for Limits {
 }
 
 /// Epoch tick: how often a running guest yields to the async runtime.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Instance slots kept beyond `max_concurrent_calls` for canaries and checks.
 const SPARE_SLOTS: u32 = 8;
 /// Bytes of guest stderr kept to explain a trap (e.g. a Rust panic message).
