@@ -7,9 +7,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY host/Cargo.toml host/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
-COPY plugins/Cargo.toml plugins/Cargo.lock plugins/
 RUN mkdir -p host/src tests/src && echo 'fn main() {}' > host/src/main.rs && touch host/src/lib.rs tests/src/lib.rs \
-    && cargo fetch --locked && (cd plugins && cargo fetch --locked)
+    && cargo fetch --locked
 COPY . .
 RUN bash scripts/build-plugins.sh \
     && cargo build --release --locked -p switchyard \

@@ -42,6 +42,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// `BODY_LIMIT_BYTES`: largest accepted request body.
     pub body_limit_bytes: usize,
+    /// `BODY_TIMEOUT_MS`: longest time to receive a whole request body (408 after).
+    pub body_timeout_ms: u64,
     /// `RATE_LIMIT_MAX_REQUESTS`: requests per client IP per window on `POST /events` (0 = off).
     pub rate_limit_max_requests: u32,
     /// `RATE_LIMIT_WINDOW_MS`: the rate-limit window.
@@ -100,6 +102,7 @@ impl Default for Config {
             signature_tolerance_secs: 300,
             admin_token: None,
             body_limit_bytes: 1 << 20,
+            body_timeout_ms: 10_000,
             rate_limit_max_requests: 1000,
             rate_limit_window_ms: 1000,
             redis_url: None,
@@ -138,6 +141,7 @@ const ENV_KEYS: &[&str] = &[
     "signature_tolerance_secs",
     "admin_token",
     "body_limit_bytes",
+    "body_timeout_ms",
     "rate_limit_max_requests",
     "rate_limit_window_ms",
     "redis_url",

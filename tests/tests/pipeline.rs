@@ -110,7 +110,7 @@ async fn bad_input_gets_its_status_and_nothing_is_queued() {
     let signed = |body: &[u8]| switchyard::http::signature::sign_hex(TEST_SECRET.as_bytes(), body);
 
     // (what, body, headers, expected status, expected error code)
-    let cases: Vec<Case> = vec![
+    let mut cases: Vec<Case> = vec![
         (
             "invalid JSON",
             b"{not json".to_vec(),
@@ -225,6 +225,96 @@ async fn bad_input_gets_its_status_and_nothing_is_queued() {
             "invalid_header",
         ),
     ];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let huge = vec![b' '; 10 << 20];
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+    let event = br#"{"eventId":"a","type":"T","payload":{}}"#.to_vec();
+    let future = now + 3600;
+    cases.extend([
+        (
+            "10 MB body",
+            huge.clone(),
+            vec![json_ct.clone(), ("x-hmac-signature", signed(&huge))],
+            413,
+            "payload_too_large",
+        ),
+        (
+            "deeply nested JSON",
+            deep.clone(),
+            vec![json_ct.clone(), ("x-hmac-signature", signed(&deep))],
+            413,
+            "payload_too_large",
+        ),
+        (
+            "empty body",
+            Vec::new(),
+            vec![json_ct.clone(), ("x-hmac-signature", signed(b""))],
+            400,
+            "invalid_event",
+        ),
+        (
+            "duplicated signature header",
+            event.clone(),
+            vec![
+                json_ct.clone(),
+                ("x-hmac-signature", signed(&event)),
+                ("x-hmac-signature", signed(&event)),
+            ],
+            401,
+            "invalid_signature",
+        ),
+        (
+            "future webhook timestamp",
+            event.clone(),
+            vec![
+                json_ct.clone(),
+                ("webhook-id", "m2".into()),
+                ("webhook-timestamp", future.to_string()),
+                (
+                    "webhook-signature",
+                    switchyard::http::signature::sign_webhook(
+                        TEST_SECRET.as_bytes(),
+                        "m2",
+                        future,
+                        &event,
+                    ),
+                ),
+            ],
+            401,
+            "invalid_signature",
+        ),
+        (
+            "bad base64 webhook signature",
+            event.clone(),
+            vec![
+                json_ct.clone(),
+                ("webhook-id", "m3".into()),
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", "v1,!!!not-base64".into()),
+            ],
+            401,
+            "invalid_signature",
+        ),
+        (
+            "missing content type",
+            event.clone(),
+            vec![("x-hmac-signature", signed(&event))],
+            415,
+            "unsupported_media_type",
+        ),
+    ]);
+    // Nesting deep enough to hit the JSON parser's recursion limit, within the body limit.
+    let nested = format!("{}{}", "[".repeat(2_000), "]".repeat(2_000)).into_bytes();
+    cases.push((
+        "nested JSON past the parser's depth limit",
+        nested.clone(),
+        vec![json_ct.clone(), ("x-hmac-signature", signed(&nested))],
+        400,
+        "invalid_event",
+    ));
     for (name, body, headers, status, code) in cases {
         let a = c.post_raw(body, &headers).await;
         assert_eq!(a.status, status, "{name}: {:?}", a.body);
@@ -759,4 +849,65 @@ async fn hundred_concurrent_requests_all_accepted_and_processed_with_retries() {
 fn sha256_hex(path: &std::path::Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test]
+async fn a_slow_body_is_cut_off_with_408_and_the_gateway_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = PluginDir::new(Some(FAST_DEFAULT));
+    dir.install("default-router", "default-router");
+    let mut config = gateway_config(dir.path());
+    config.body_timeout_ms = 500;
+    let gw = Gateway::start(config).await;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\nx-hmac-signature: {}\r\ncontent-length: 100\r\n\r\n",
+        "00".repeat(32)
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        for _ in 0..100 {
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut buf = [0u8; 1024];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&answer).to_string()
+    });
+    // Meanwhile, others are served.
+    let c = gw.client();
+    assert_eq!(
+        c.send(&json!({"eventId": "while-slow", "type": "ORDER_CREATED", "payload": {}}))
+            .await
+            .status,
+        202
+    );
+    let answer = trickle.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(
+        c.http
+            .get(format!("{}/health", c.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    c.wait_final(&["while-slow".into()], Duration::from_secs(20))
+        .await;
+    gw.stop().await.unwrap();
 }

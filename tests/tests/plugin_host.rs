@@ -607,3 +607,16 @@ fn sha256_hex(path: &std::path::Path) -> String {
 fn tokio_util_token() -> tokio_util::sync::CancellationToken {
     tokio_util::sync::CancellationToken::new()
 }
+
+#[tokio::test]
+async fn a_component_importing_what_the_host_does_not_provide_is_rejected() {
+    let dir = PluginDir::new(None);
+    let target = dir.install("greedy", "bad-import");
+    let host = dir.host(test_limits(), no_context()).await;
+    assert_eq!(host.version_of("greedy"), None);
+    let reason = host.load_file(&target).await.unwrap_err();
+    assert!(
+        reason.contains("does not provide") && reason.contains("vault"),
+        "{reason}"
+    );
+}

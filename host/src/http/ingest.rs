@@ -3,9 +3,9 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
+use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -48,11 +48,7 @@ fn is_json(headers: &HeaderMap) -> bool {
     }
 }
 
-pub async fn ingest(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn ingest(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let correlation = match correlation_id(&headers) {
         Ok(c) => c,
@@ -84,7 +80,7 @@ fn reject(e: ApiError, correlation: Option<&str>) -> Response {
 async fn accept(
     s: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     correlation: &str,
     started: Instant,
 ) -> Result<Response, ApiError> {
@@ -95,14 +91,7 @@ async fn accept(
             "Content-Type must be application/json",
         ));
     }
-    let body = body.map_err(|r| match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("body exceeds {} bytes", s.ingest.body_limit),
-        ),
-        status => ApiError::new(status, "bad_body", "the request body could not be read"),
-    })?;
+    let body = read_body(body, headers, s.ingest.body_limit, s.ingest.body_timeout).await?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -157,4 +146,48 @@ async fn accept(
         response.headers_mut().insert(CORRELATION_HEADER, v);
     }
     Ok(response)
+}
+
+/// Reads the whole body: 413 as soon as it is known to exceed `limit` (from `Content-Length`, or
+/// while streaming), 408 when it does not arrive within `deadline` in total (slow clients cannot
+/// hold a connection open by trickling bytes).
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body exceeds {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {} ms", deadline.as_millis()),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e))
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "the request body could not be read",
+        )),
+    }
 }

@@ -33,6 +33,8 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub struct IngestSettings {
     pub verifier: signature::Verifier,
     pub body_limit: usize,
+    /// Longest time to receive a whole body.
+    pub body_timeout: Duration,
     /// Requests per client IP per window (0 = no limit).
     pub rate_limit: u32,
     pub rate_window: Duration,
@@ -54,7 +56,8 @@ pub fn router(state: AppState) -> Router {
     let correlation = HeaderName::from_static(CORRELATION_HEADER);
     let mut ingest = Router::new()
         .route("/events", post(ingest::ingest))
-        .layer(DefaultBodyLimit::max(state.ingest.body_limit));
+        // The handler reads the body itself, with its own limit and deadline.
+        .layer(DefaultBodyLimit::disable());
     if state.ingest.rate_limit > 0 {
         let per_request = state.ingest.rate_window / state.ingest.rate_limit;
         let config = GovernorConfigBuilder::default()
