@@ -112,6 +112,7 @@ pub async fn run(
             verifier,
             body_limit: config.body_limit_bytes,
             body_timeout: Duration::from_millis(config.body_timeout_ms),
+            enqueue_timeout: Duration::from_millis(config.redis_timeout_ms),
             rate_limit: config.rate_limit_max_requests,
             rate_window: Duration::from_millis(config.rate_limit_window_ms),
         }),

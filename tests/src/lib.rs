@@ -599,3 +599,76 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A private SecantusDB (MongoDB wire) server for a test that stops and restarts it.
+pub struct MongoServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl MongoServer {
+    /// Starts SecantusDB on a free port with its storage in a temp dir.
+    pub fn start() -> MongoServer {
+        let mut s = MongoServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts on the same port and storage; waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let bin = std::env::var("SWITCHYARD_TEST_SECANTUSD").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/switchyard/secantus-venv/bin/secantusd-py",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let child = std::process::Command::new(&bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--log-level",
+                "WARNING",
+                "--storage-path",
+            ])
+            .arg(self.dir.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (scripts/setup.sh installs it): {e}"));
+        self.child = Some(child);
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(60),
+                "SecantusDB did not start on {}",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server (like a crash or an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

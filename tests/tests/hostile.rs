@@ -11,6 +11,7 @@ async fn hostile_plugins_are_contained_classified_and_recorded() {
     let dir = PluginDir::new(Some(
         "default = \"default-router\"\n[routes]\nloop = \"chaos\"\nalloc = \"chaos\"\nstack = \"chaos\"\n\
          trap = \"chaos\"\nhuge = \"chaos\"\nopen-file = \"chaos\"\nsocket = \"chaos\"\nenv = \"chaos\"\n\
+         garbage-metadata = \"chaos\"\n\
          [config.default-router]\ndelay_ms = 0\nfailure_rate = 0\n",
     ));
     dir.install("default-router", "default-router");
@@ -43,6 +44,7 @@ async fn hostile_plugins_are_contained_classified_and_recorded() {
         ("h-file", "open-file", json!({"path": "/etc/passwd"})),
         ("h-socket", "socket", json!({"addr": "127.0.0.1:22"})),
         ("h-env", "env", json!({})),
+        ("h-garbage", "garbage-metadata", json!({})),
     ] {
         assert_eq!(
             c.send(&json!({"eventId": id, "type": ty, "payload": payload}))
@@ -106,6 +108,19 @@ async fn hostile_plugins_are_contained_classified_and_recorded() {
             .starts_with("denied:")
     );
     assert_eq!(contained[2]["decision"]["destination"], "env:0 args:0");
+    // Metadata that is not JSON is stored as the strings it is.
+    let garbage = &c
+        .wait_final(&["h-garbage".into()], Duration::from_secs(10))
+        .await[0];
+    assert_eq!(garbage["state"], "ROUTED");
+    assert_eq!(
+        garbage["decision"]["metadata"]["json"],
+        "{\"unterminated: [1, 2"
+    );
+    assert_eq!(
+        garbage["decision"]["metadata"]["\u{0}nul"],
+        "\u{ffff}\u{1F4A5}"
+    );
 
     let dlq = c.get("/events/failed?limit=50").await.body;
     let kinds: Vec<(String, String)> = dlq["items"]

@@ -95,6 +95,32 @@ async fn accepted_event_is_routed_with_the_plugins_decision_and_live_order() {
     assert_eq!(a.headers["x-correlation-id"].to_str().unwrap(), generated);
 
     assert_eq!(c.get("/events/nope").await.status, 404);
+    // Admin endpoints refuse a missing or wrong token.
+    for path in ["/events/stats", "/events/failed"] {
+        let r = c
+            .http
+            .get(format!("{}{path}", c.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} without a token");
+        let r = c
+            .http
+            .get(format!("{}{path}", c.base))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} with a wrong token");
+    }
+    let r = c
+        .http
+        .post(format!("{}/events/dlq/replay", c.base))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     gw.stop().await.unwrap();
 }
 

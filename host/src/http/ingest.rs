@@ -110,7 +110,16 @@ async fn accept(
         attempt: 1,
         replays: 0,
     };
-    s.queue.enqueue(&job).await.map_err(|e| match e {
+    // A bounded wait: a producer gets 503 rather than a hang when the queue is slow or gone.
+    // (If the append lands after the deadline, the producer's retry is a counted duplicate.)
+    let appended = tokio::time::timeout(s.ingest.enqueue_timeout, s.queue.enqueue(&job))
+        .await
+        .unwrap_or_else(|_| {
+            Err(queue::Error::Unavailable(
+                "no answer within the enqueue deadline".into(),
+            ))
+        });
+    appended.map_err(|e| match e {
         queue::Error::Full(depth) => {
             tracing::warn!(
                 correlation_id = correlation,

@@ -35,6 +35,8 @@ pub struct IngestSettings {
     pub body_limit: usize,
     /// Longest time to receive a whole body.
     pub body_timeout: Duration,
+    /// Longest wait for the queue append before answering 503.
+    pub enqueue_timeout: Duration,
     /// Requests per client IP per window (0 = no limit).
     pub rate_limit: u32,
     pub rate_window: Duration,
