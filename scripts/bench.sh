@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-SCENARIOS="${SCENARIOS:-plugin hmac ingest drain rss embedded-ingest embedded-drain embedded-rss}"
+SCENARIOS="${SCENARIOS:-plugin hmac ingest drain embedded-ingest embedded-drain embedded-rss}"
 bash scripts/setup.sh >/dev/null
 bash scripts/build-plugins.sh 2>/dev/null
 cargo build --release --locked -p switchyard
