@@ -121,6 +121,33 @@ impl EmbeddedDb {
             .map_err(|_| Error("the write was not committed (storage failure)".into()))?
     }
 
+    /// Like [`Self::write`], and runs `then` on the committed result right after the commit, on
+    /// the writer thread: it happens even if the caller stops waiting (cancellation-safe
+    /// bookkeeping of in-memory state).
+    pub async fn write_then<R, F, T>(&self, f: F, then: T) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<R, Error> + Send + 'static,
+        T: FnOnce(&R) + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let op: Op = Box::new(move |txn| {
+            let result = f(txn);
+            Box::new(move |commit: Result<(), Error>| {
+                let out = commit.and(result);
+                if let Ok(r) = &out {
+                    then(r);
+                }
+                let _ = tx.send(out);
+            })
+        });
+        self.ops
+            .send(op)
+            .map_err(|_| Error("the writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| Error("the write was not committed (storage failure)".into()))?
+    }
+
     /// Runs `f` on a read snapshot.
     pub fn read<R>(
         &self,
@@ -147,7 +174,22 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Op>) {
                 continue; // dropping the ops fails their callers
             }
         };
-        let done: Vec<Done> = batch.into_iter().map(|op| op(&txn)).collect();
+        let mut done: Vec<Done> = Vec::with_capacity(batch.len());
+        let mut panicked = false;
+        for op in batch {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&txn))) {
+                Ok(d) => done.push(d),
+                Err(_) => panicked = true, // its caller sees the write fail
+            }
+        }
+        if panicked {
+            tracing::error!("embedded store: a write panicked; the whole batch is aborted");
+            drop(txn);
+            for d in done {
+                d(Err(Error("the batch was aborted".into())));
+            }
+            continue;
+        }
         let committed = txn.commit().map_err(|e| {
             tracing::error!(error = %e, "embedded store: commit failed");
             Error::from(e)

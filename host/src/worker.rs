@@ -96,6 +96,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     limiter: Option<DefaultDirectRateLimiter>,
     tracker: TaskTracker,
+    /// Queue entries this process is working on (a reclaim must not start them twice).
+    active: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 const FETCH_WAIT: Duration = Duration::from_millis(500);
@@ -125,6 +127,7 @@ impl Workers {
                 stats,
                 limiter,
                 tracker: TaskTracker::new(),
+                active: Default::default(),
             }),
         }
     }
@@ -221,6 +224,16 @@ impl Workers {
 
     async fn dispatch(&self, deliveries: Vec<Delivery>, mut first: Option<OwnedSemaphorePermit>) {
         for d in deliveries {
+            if !self
+                .inner
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(d.id.clone())
+            {
+                tracing::debug!(id = %d.id, "reclaimed entry is still being routed here; not started twice");
+                continue;
+            }
             let permit = match first.take() {
                 Some(p) => p,
                 None => match self.inner.permits.clone().acquire_owned().await {
@@ -237,12 +250,19 @@ impl Workers {
                 correlation_id = %d.job.correlation_id,
                 event_type = %d.job.event_type,
                 attempt = d.job.attempt,
+                plugin_version = tracing::field::Empty,
             );
             let inner = self.inner.clone();
             inner.stats.in_progress.fetch_add(1, Ordering::Relaxed);
             self.inner.tracker.spawn(
                 async move {
+                    let id = d.id.clone();
                     inner.process(d).await;
+                    inner
+                        .active
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
                     inner.stats.in_progress.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 }
@@ -255,7 +275,10 @@ impl Workers {
 impl Inner {
     async fn process(&self, d: Delivery) {
         let job = &d.job;
-        let claim = match self.state.claim(job, &d.id, self.settings.lease).await {
+        // The lease owner is this attempt alone: a reclaimed copy of the same queue entry (same
+        // id) elsewhere cannot take over a lease that is still live.
+        let owner = format!("{}/{}", d.id, uuid::Uuid::new_v4().simple());
+        let claim = match self.state.claim(job, &owner, self.settings.lease).await {
             Ok(c) => c,
             Err(e) => return self.defer(&d, &e).await,
         };
@@ -293,6 +316,9 @@ impl Inner {
             .plugin
             .as_ref()
             .map(|p| crate::plugin::short_version(&p.version).to_string());
+        if let Some(v) = &plugin_version {
+            tracing::Span::current().record("plugin_version", v.as_str());
+        }
         match outcome.result {
             Ok(decision) => {
                 attempt.outcome = "routed".into();
@@ -305,6 +331,7 @@ impl Inner {
                 if self
                     .record(
                         &d,
+                        &owner,
                         Finish::Routed {
                             decision,
                             plugin,
@@ -336,7 +363,7 @@ impl Inner {
                     let due = now_ms() + delay.as_millis() as u64;
                     attempt.outcome = "retry".into();
                     attempt.next_attempt_at_ms = Some(due);
-                    if self.record(&d, Finish::Retry { attempt }).await {
+                    if self.record(&d, &owner, Finish::Retry { attempt }).await {
                         self.stats.retried.fetch_add(1, Ordering::Relaxed);
                         crate::metrics::event(&job.event_type, "retried");
                         tracing::warn!(error = %err, kind = err.kind(), plugin_version, retry_in_ms = delay.as_millis() as u64, "routing failed; retry scheduled");
@@ -350,6 +377,7 @@ impl Inner {
                     if self
                         .record(
                             &d,
+                            &owner,
                             Finish::Failed {
                                 error: error.clone(),
                                 attempt,
@@ -368,8 +396,8 @@ impl Inner {
     }
 
     /// Writes the outcome; `false` when the delivery must not be finished in the queue by us.
-    async fn record(&self, d: &Delivery, finish: Finish) -> bool {
-        match self.state.finish(&d.job.event_id, &d.id, finish).await {
+    async fn record(&self, d: &Delivery, owner: &str, finish: Finish) -> bool {
+        match self.state.finish(&d.job.event_id, owner, finish).await {
             Ok(true) => true,
             Ok(false) => {
                 tracing::warn!("lease lost to another delivery; leaving the event to it");

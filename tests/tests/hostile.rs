@@ -118,8 +118,8 @@ async fn hostile_plugins_are_contained_classified_and_recorded() {
         "{\"unterminated: [1, 2"
     );
     assert_eq!(
-        garbage["decision"]["metadata"]["\u{0}nul"],
-        "\u{ffff}\u{1F4A5}"
+        garbage["decision"]["metadata"]["odd"],
+        "\u{0}\u{ffff}\u{1F4A5}"
     );
 
     let dlq = c.get("/events/failed?limit=50").await.body;

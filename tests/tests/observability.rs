@@ -229,6 +229,8 @@ async fn one_events_journey_is_in_the_json_logs_under_its_correlation_id() {
         .unwrap_or_else(|| panic!("{lines:?}"));
     assert_eq!(routed["span"]["event_id"], "j-1");
     assert_eq!(routed["span"]["attempt"], 1);
+    assert_eq!(routed["span"]["correlation_id"], "journey-7f3a");
+    assert_eq!(routed["span"]["plugin_version"], routed["plugin_version"]);
     assert_eq!(routed["destination"], "orders");
     assert_eq!(routed["plugin_version"].as_str().unwrap().len(), 12);
     // The plugin's own log line carries the correlation id too.

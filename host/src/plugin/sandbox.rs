@@ -221,8 +221,8 @@ impl Sandbox {
                 ))
             }
             Ok(Err(Failure::Guest(e))) => Err(PluginError::Trap(describe_trap(&e, &stderr))),
-            Ok(Ok(Err(wit::RouteError::Transient(m)))) => Err(PluginError::Transient(m)),
-            Ok(Ok(Err(wit::RouteError::Permanent(m)))) => Err(PluginError::Permanent(m)),
+            Ok(Ok(Err(wit::RouteError::Transient(m)))) => Err(PluginError::Transient(clip(m))),
+            Ok(Ok(Err(wit::RouteError::Permanent(m)))) => Err(PluginError::Permanent(clip(m))),
             Ok(Ok(Ok(d))) => validate(d, limits.max_decision_bytes),
         }
     }
@@ -248,6 +248,27 @@ fn describe_trap(e: &wasmtime::Error, stderr: &MemoryOutputPipe) -> String {
     }
 }
 
+/// Longest error message kept from a plugin (it goes into the event's history and the DLQ).
+const MAX_ERROR_MESSAGE: usize = 2048;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE`] bytes on a character boundary.
+fn clip(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut cut = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" [truncated]");
+    }
+    message
+}
+
+/// A metadata key every state store can hold as a field name.
+fn valid_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 256 && !k.starts_with('$') && !k.contains(['.', '\0'])
+}
+
 fn validate(d: wit::Decision, max_bytes: usize) -> Result<Decision, PluginError> {
     let size = d.destination.len()
         + d.reason.len()
@@ -257,6 +278,12 @@ fn validate(d: wit::Decision, max_bytes: usize) -> Result<Decision, PluginError>
             .sum::<usize>();
     if d.destination.trim().is_empty() {
         return Err(PluginError::InvalidDecision("empty destination".into()));
+    }
+    if let Some((k, _)) = d.metadata.iter().find(|(k, _)| !valid_key(k)) {
+        return Err(PluginError::InvalidDecision(format!(
+            "metadata key {:?} is empty, too long, starts with `$` or holds `.` or NUL",
+            clip(k.clone())
+        )));
     }
     if size > max_bytes {
         return Err(PluginError::InvalidDecision(format!(
@@ -388,5 +415,45 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(metadata: Vec<(&str, &str)>) -> wit::Decision {
+        wit::Decision {
+            destination: "d".into(),
+            reason: String::new(),
+            metadata: metadata
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn metadata_keys_must_be_storable_values_may_be_anything() {
+        let ok = validate(
+            decision(vec![("json", "{not json"), ("emoji", "\u{1F4A5}\0")]),
+            1 << 16,
+        )
+        .unwrap();
+        assert_eq!(ok.metadata["json"], "{not json");
+        for bad in ["", "$where", "a.b", "nul\0", &"k".repeat(300)] {
+            let err = validate(decision(vec![(bad, "v")]), 1 << 16).unwrap_err();
+            assert!(
+                matches!(err, PluginError::InvalidDecision(_)),
+                "{bad:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_error_messages_are_clipped() {
+        let m = clip("é".repeat(5000));
+        assert!(m.len() <= MAX_ERROR_MESSAGE + 12 && m.ends_with("[truncated]"));
+        assert_eq!(clip("short".into()), "short");
     }
 }

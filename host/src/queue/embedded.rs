@@ -56,11 +56,34 @@ struct Mem {
     in_flight: HashMap<u64, (Instant, Delivery)>,
 }
 
+/// The in-memory ready list, shared with the writer thread so that entries committed by a
+/// caller that stopped waiting still become ready.
+struct ReadySet {
+    mem: Mutex<Mem>,
+    arrived: Notify,
+}
+
+impl ReadySet {
+    fn mem(&self) -> std::sync::MutexGuard<'_, Mem> {
+        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, deliveries: impl IntoIterator<Item = Delivery>) {
+        let mut mem = self.mem();
+        let before = mem.ready.len();
+        mem.ready.extend(deliveries);
+        if mem.ready.len() > before {
+            drop(mem);
+            self.arrived.notify_waiters();
+            self.arrived.notify_one();
+        }
+    }
+}
+
 /// The embedded queue.
 pub struct EmbeddedQueue {
     db: EmbeddedDb,
-    mem: Mutex<Mem>,
-    arrived: Notify,
+    ready: Arc<ReadySet>,
     /// Next sequence number; shared with write closures, which run on the writer thread.
     seq: Arc<AtomicU64>,
     delayed: AtomicU64,
@@ -109,11 +132,13 @@ impl EmbeddedQueue {
         }
         Ok(EmbeddedQueue {
             db,
-            mem: Mutex::new(Mem {
-                ready,
-                in_flight: HashMap::new(),
+            ready: Arc::new(ReadySet {
+                mem: Mutex::new(Mem {
+                    ready,
+                    in_flight: HashMap::new(),
+                }),
+                arrived: Notify::new(),
             }),
-            arrived: Notify::new(),
             seq: Arc::new(AtomicU64::new(max_seq + 1)),
             delayed: AtomicU64::new(delayed),
             max_depth,
@@ -121,22 +146,11 @@ impl EmbeddedQueue {
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Mem> {
-        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+        self.ready.mem()
     }
 
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn push_ready(&self, deliveries: impl IntoIterator<Item = Delivery>) {
-        let mut mem = self.mem();
-        let before = mem.ready.len();
-        mem.ready.extend(deliveries);
-        if mem.ready.len() > before {
-            drop(mem);
-            self.arrived.notify_waiters();
-            self.arrived.notify_one();
-        }
     }
 
     fn take_ready(&self, max: usize) -> Vec<Delivery> {
@@ -174,25 +188,30 @@ impl Queue for EmbeddedQueue {
         let seq = self.next_seq();
         let bytes = json(job).map_err(storage)?;
         let (event_id, received) = (job.event_id.clone(), job.received_at_ms);
+        let (ready, delivery) = (
+            self.ready.clone(),
+            Delivery {
+                id: id_of(seq),
+                job: job.clone(),
+            },
+        );
         self.db
-            .write(move |txn| {
-                txn.open_table(JOBS)
-                    .map_err(E::from)?
-                    .insert(seq, bytes.as_slice())
-                    .map_err(E::from)?;
-                txn.open_table(ACCEPTED)
-                    .map_err(E::from)?
-                    .insert(event_id.as_str(), received)
-                    .map_err(E::from)?;
-                Ok(())
-            })
+            .write_then(
+                move |txn| {
+                    txn.open_table(JOBS)
+                        .map_err(E::from)?
+                        .insert(seq, bytes.as_slice())
+                        .map_err(E::from)?;
+                    txn.open_table(ACCEPTED)
+                        .map_err(E::from)?
+                        .insert(event_id.as_str(), received)
+                        .map_err(E::from)?;
+                    Ok(())
+                },
+                move |_| ready.push([delivery]),
+            )
             .await
-            .map_err(storage)?;
-        self.push_ready([Delivery {
-            id: id_of(seq),
-            job: job.clone(),
-        }]);
-        Ok(())
+            .map_err(storage)
     }
 
     async fn fetch(
@@ -203,7 +222,7 @@ impl Queue for EmbeddedQueue {
     ) -> Result<Vec<Delivery>, Error> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let notified = self.arrived.notified();
+            let notified = self.ready.arrived.notified();
             let got = self.take_ready(max.max(1));
             if !got.is_empty() {
                 return Ok(got);
@@ -326,36 +345,38 @@ impl Queue for EmbeddedQueue {
         if self.delayed.load(Ordering::Relaxed) == 0 {
             return Ok(0);
         }
-        let seq = self.seq.clone();
+        let (seq, ready) = (self.seq.clone(), self.ready.clone());
         let moved = self
             .db
-            .write(move |txn| {
-                let mut delayed = txn.open_table(DELAYED).map_err(E::from)?;
-                let mut jobs = txn.open_table(JOBS).map_err(E::from)?;
-                let mut due = Vec::new();
-                for row in delayed.range(..(now_ms + 1, 0)).map_err(E::from)? {
-                    if due.len() >= max {
-                        break;
+            .write_then(
+                move |txn| {
+                    let mut delayed = txn.open_table(DELAYED).map_err(E::from)?;
+                    let mut jobs = txn.open_table(JOBS).map_err(E::from)?;
+                    let mut due = Vec::new();
+                    for row in delayed.range(..(now_ms + 1, 0)).map_err(E::from)? {
+                        if due.len() >= max {
+                            break;
+                        }
+                        let (k, v) = row.map_err(E::from)?;
+                        due.push((k.value(), v.value().to_vec()));
                     }
-                    let (k, v) = row.map_err(E::from)?;
-                    due.push((k.value(), v.value().to_vec()));
-                }
-                let mut moved = Vec::new();
-                for (key, bytes) in due {
-                    let s = seq.fetch_add(1, Ordering::Relaxed);
-                    delayed.remove(key).map_err(E::from)?;
-                    jobs.insert(s, bytes.as_slice()).map_err(E::from)?;
-                    if let Ok(job) = serde_json::from_slice::<Job>(&bytes) {
-                        moved.push(Delivery { id: id_of(s), job });
+                    let mut moved = Vec::new();
+                    for (key, bytes) in due {
+                        let s = seq.fetch_add(1, Ordering::Relaxed);
+                        delayed.remove(key).map_err(E::from)?;
+                        jobs.insert(s, bytes.as_slice()).map_err(E::from)?;
+                        if let Ok(job) = serde_json::from_slice::<Job>(&bytes) {
+                            moved.push(Delivery { id: id_of(s), job });
+                        }
                     }
-                }
-                Ok(moved)
-            })
+                    Ok(moved)
+                },
+                move |moved: &Vec<Delivery>| ready.push(moved.iter().cloned()),
+            )
             .await
             .map_err(storage)?;
         let n = moved.len();
         self.delayed.fetch_sub(n as u64, Ordering::Relaxed);
-        self.push_ready(moved);
         Ok(n)
     }
 
@@ -395,43 +416,48 @@ impl Queue for EmbeddedQueue {
 
     async fn replay(&self, filter: &ReplayFilter) -> Result<Vec<String>, Error> {
         let filter = filter.clone();
-        let seq = self.seq.clone();
-        let moved = self
+        let (seq, ready) = (self.seq.clone(), self.ready.clone());
+        let (ids, _moved) = self
             .db
-            .write(move |txn| {
-                let mut dlq = txn.open_table(DLQ).map_err(E::from)?;
-                let mut jobs = txn.open_table(JOBS).map_err(E::from)?;
-                let mut accepted = txn.open_table(ACCEPTED).map_err(E::from)?;
-                let mut matching = Vec::new();
-                for row in dlq.iter().map_err(E::from)? {
-                    let (k, v) = row.map_err(E::from)?;
-                    if let Ok(l) = serde_json::from_slice::<Letter>(v.value())
-                        && filter.matches(&l.job)
-                    {
-                        matching.push((k.value(), l.job));
+            .write_then(
+                move |txn| {
+                    let mut dlq = txn.open_table(DLQ).map_err(E::from)?;
+                    let mut jobs = txn.open_table(JOBS).map_err(E::from)?;
+                    let mut accepted = txn.open_table(ACCEPTED).map_err(E::from)?;
+                    let mut matching = Vec::new();
+                    for row in dlq.iter().map_err(E::from)? {
+                        let (k, v) = row.map_err(E::from)?;
+                        if let Ok(l) = serde_json::from_slice::<Letter>(v.value())
+                            && filter.matches(&l.job)
+                        {
+                            matching.push((k.value(), l.job));
+                        }
                     }
-                }
-                let mut moved = Vec::new();
-                for (key, job) in matching {
-                    dlq.remove(key).map_err(E::from)?;
-                    let job = Job {
-                        attempt: 1,
-                        replays: job.replays + 1,
-                        ..job
-                    };
-                    let s = seq.fetch_add(1, Ordering::Relaxed);
-                    jobs.insert(s, json(&job)?.as_slice()).map_err(E::from)?;
-                    accepted
-                        .insert(job.event_id.as_str(), crate::worker::now_ms())
-                        .map_err(E::from)?;
-                    moved.push(Delivery { id: id_of(s), job });
-                }
-                Ok(moved)
-            })
+                    let mut moved = Vec::new();
+                    for (key, job) in matching {
+                        dlq.remove(key).map_err(E::from)?;
+                        let job = Job {
+                            attempt: 1,
+                            replays: job.replays + 1,
+                            ..job
+                        };
+                        let s = seq.fetch_add(1, Ordering::Relaxed);
+                        jobs.insert(s, json(&job)?.as_slice()).map_err(E::from)?;
+                        accepted
+                            .insert(job.event_id.as_str(), crate::worker::now_ms())
+                            .map_err(E::from)?;
+                        moved.push(Delivery { id: id_of(s), job });
+                    }
+                    Ok(moved
+                        .iter()
+                        .map(|d| d.job.event_id.clone())
+                        .collect::<Vec<_>>())
+                    .map(|ids| (ids, moved))
+                },
+                move |(_, moved): &(Vec<String>, Vec<Delivery>)| ready.push(moved.iter().cloned()),
+            )
             .await
             .map_err(storage)?;
-        let ids = moved.iter().map(|d| d.job.event_id.clone()).collect();
-        self.push_ready(moved);
         Ok(ids)
     }
 

@@ -112,6 +112,12 @@ impl Keys {
     }
 }
 
+/// A stream entry id (`ms-seq`) as a comparable pair.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 fn unavailable(e: redis::RedisError) -> Error {
     Error::Unavailable(e.to_string())
 }
@@ -389,13 +395,24 @@ impl Queue for RedisQueue {
     }
 
     async fn replay(&self, filter: &ReplayFilter) -> Result<Vec<String>, Error> {
+        // Only what is in the DLQ now: entries that fail again during the replay are dead-lettered
+        // with newer ids and must not be chased.
+        let mut c = self.cmd.clone();
+        let newest: redis::streams::StreamRangeReply = c
+            .xrevrange_count(&self.keys.dlq, "+", "-", 1)
+            .await
+            .map_err(unavailable)?;
+        let Some(end) = newest.ids.first().map(|e| stream_id(&e.id)) else {
+            return Ok(Vec::new());
+        };
         let mut replayed = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
             let page = self.dead_letters(cursor.as_deref(), 200).await?;
             let Some(last) = page.last() else { break };
             cursor = Some(last.id.clone());
-            for letter in page.iter().filter(|l| filter.matches(&l.job)) {
+            let in_scope = page.iter().filter(|l| stream_id(&l.id) <= end);
+            for letter in in_scope.filter(|l| filter.matches(&l.job)) {
                 let job = Job {
                     attempt: 1,
                     replays: letter.job.replays + 1,
@@ -419,6 +436,9 @@ impl Queue for RedisQueue {
                 if moved == 1 {
                     replayed.push(job.event_id);
                 }
+            }
+            if stream_id(&last.id) >= end {
+                break;
             }
         }
         Ok(replayed)
