@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use switchyard_tests::{GatewayProcess, PluginDir, gateway_config};
+use serde_json::json;
+use switchyard_tests::{GatewayProcess, PluginDir, assert_final_once, gateway_config};
 
 fn crash_config(dir: &std::path::Path) -> switchyard::Config {
     let mut config = gateway_config(dir);
@@ -25,25 +25,6 @@ async fn send_all(c: &switchyard_tests::Client, ids: &[String]) {
         .collect();
     for s in sends {
         assert_eq!(s.await.unwrap(), 202);
-    }
-}
-
-fn assert_final_once(records: &[Value]) {
-    for r in records {
-        assert!(
-            matches!(r["state"].as_str(), Some("ROUTED" | "FAILED")),
-            "{r}"
-        );
-        let routed = r["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h["outcome"] == "routed")
-            .count();
-        assert!(routed <= 1, "routed twice: {r}");
-        if r["state"] == "ROUTED" {
-            assert_eq!(routed, 1, "{r}");
-        }
     }
 }
 

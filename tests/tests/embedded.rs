@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchyard_tests::{
-    Gateway, GatewayProcess, PluginDir, TEST_ADMIN_TOKEN, embedded_config, free_port,
-    switchyard_bin,
+    Gateway, GatewayProcess, PluginDir, TEST_ADMIN_TOKEN, assert_final_once, embedded_config,
+    free_port, switchyard_bin,
 };
 
 #[tokio::test]
@@ -134,19 +134,7 @@ async fn kill_9_mid_load_then_restart_every_acknowledged_event_ends_final() {
         .client()
         .wait_final(&acknowledged, Duration::from_secs(90))
         .await;
-    for r in &records {
-        assert!(
-            matches!(r["state"].as_str(), Some("ROUTED" | "FAILED")),
-            "{r}"
-        );
-        let routed = r["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h["outcome"] == "routed")
-            .count();
-        assert!(routed <= 1, "routed twice: {r}");
-    }
+    assert_final_once(&records);
     let stats = second.client().wait_idle(Duration::from_secs(30)).await;
     assert_eq!(stats["pending"], 0, "{stats}");
 }

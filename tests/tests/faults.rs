@@ -57,13 +57,7 @@ async fn mongodb_outage_mid_load_loses_nothing_and_fails_nothing() {
             r["state"], "ROUTED",
             "the outage alone must not fail an event: {r}"
         );
-        let routed = r["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h["outcome"] == "routed")
-            .count();
-        assert_eq!(routed, 1, "{r}");
+        assert_eq!(switchyard_tests::routed_count(r), 1, "{r}");
         assert!(
             r["history"]
                 .as_array()

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use switchyard_tests::{
     Gateway, GatewayProcess, PluginDir, RedisServer, TEST_SECRET, gateway_config, plugin,
+    routed_count,
 };
 
 const FAST_DEFAULT: &str =
@@ -21,15 +22,6 @@ type Case = (
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-fn routed_attempts(record: &Value) -> usize {
-    record["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["outcome"] == "routed")
-        .count()
 }
 
 #[tokio::test]
@@ -83,7 +75,7 @@ async fn accepted_event_is_routed_with_the_plugins_decision_and_live_order() {
     ));
     assert_eq!(record["plugin"]["version"], version);
     assert_eq!(record["attempts"], 1);
-    assert_eq!(routed_attempts(record), 1);
+    assert_eq!(routed_count(record), 1);
 
     // A correlation id is generated when the producer sends none.
     let a = c
@@ -624,7 +616,7 @@ async fn dlq_replay_all_and_filtered_processes_each_once() {
     for id in ids("a", 3) {
         let rec = c.get(&format!("/events/{id}")).await.body;
         assert_eq!(rec["state"], "ROUTED", "{rec}");
-        assert_eq!(routed_attempts(&rec), 1);
+        assert_eq!(routed_count(&rec), 1);
         assert_eq!(
             rec["history"].as_array().unwrap().len(),
             2,
@@ -646,7 +638,7 @@ async fn dlq_replay_all_and_filtered_processes_each_once() {
     for id in &all {
         let rec = c.get(&format!("/events/{id}")).await.body;
         assert_eq!(rec["state"], "ROUTED", "{rec}");
-        assert_eq!(routed_attempts(&rec), 1, "processed once: {rec}");
+        assert_eq!(routed_count(&rec), 1, "processed once: {rec}");
     }
     let stats = c.get("/events/stats").await.body;
     assert_eq!(stats["deadLettered"], 0);

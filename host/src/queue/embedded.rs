@@ -41,6 +41,21 @@ fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, E> {
     serde_json::to_vec(v).map_err(E::from)
 }
 
+/// Removes a finished queue entry and, when given, its event's "accepted" marker.
+fn finish_entry(txn: &redb::WriteTransaction, seq: u64, event_id: Option<&str>) -> Result<(), E> {
+    txn.open_table(JOBS)
+        .map_err(E::from)?
+        .remove(seq)
+        .map_err(E::from)?;
+    if let Some(id) = event_id {
+        txn.open_table(ACCEPTED)
+            .map_err(E::from)?
+            .remove(id)
+            .map_err(E::from)?;
+    }
+    Ok(())
+}
+
 /// What the dead-letter table stores.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Letter {
@@ -258,17 +273,7 @@ impl Queue for EmbeddedQueue {
         let seq = seq_of(&delivery.id)?;
         let event_id = delivery.job.event_id.clone();
         self.db
-            .write(move |txn| {
-                txn.open_table(JOBS)
-                    .map_err(E::from)?
-                    .remove(seq)
-                    .map_err(E::from)?;
-                txn.open_table(ACCEPTED)
-                    .map_err(E::from)?
-                    .remove(event_id.as_str())
-                    .map_err(E::from)?;
-                Ok(())
-            })
+            .write(move |txn| finish_entry(txn, seq, Some(&event_id)))
             .await
             .map_err(storage)?;
         self.done(delivery);
@@ -286,10 +291,7 @@ impl Queue for EmbeddedQueue {
         let bytes = json(next).map_err(storage)?;
         self.db
             .write(move |txn| {
-                txn.open_table(JOBS)
-                    .map_err(E::from)?
-                    .remove(seq)
-                    .map_err(E::from)?;
+                finish_entry(txn, seq, None)?;
                 txn.open_table(DELAYED)
                     .map_err(E::from)?
                     .insert((due_at_ms, new_seq), bytes.as_slice())
@@ -321,17 +323,10 @@ impl Queue for EmbeddedQueue {
         let event_id = delivery.job.event_id.clone();
         self.db
             .write(move |txn| {
-                txn.open_table(JOBS)
-                    .map_err(E::from)?
-                    .remove(seq)
-                    .map_err(E::from)?;
+                finish_entry(txn, seq, Some(&event_id))?;
                 txn.open_table(DLQ)
                     .map_err(E::from)?
                     .insert(new_seq, bytes.as_slice())
-                    .map_err(E::from)?;
-                txn.open_table(ACCEPTED)
-                    .map_err(E::from)?
-                    .remove(event_id.as_str())
                     .map_err(E::from)?;
                 Ok(())
             })
