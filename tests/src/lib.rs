@@ -50,6 +50,16 @@ impl PluginDir {
         self.dir.path()
     }
 
+    /// A directory holding only `default-router`, configured with the given simulated latency
+    /// and transient-failure fraction.
+    pub fn default_router(delay_ms: u64, failure_rate: f64) -> Self {
+        let dir = PluginDir::new(Some(&format!(
+            "[config.default-router]\ndelay_ms = {delay_ms}\nfailure_rate = {failure_rate}\n"
+        )));
+        dir.install("default-router", "default-router");
+        dir
+    }
+
     /// Path of `<name>.wasm` inside the directory.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.wasm"))

@@ -30,10 +30,7 @@ async fn send_all(c: &switchyard_tests::Client, ids: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_three_times_in_a_row_under_load_loses_nothing() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 1500\nfailure_rate = 0.1\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(1500, 0.1);
     let log = dir.path().join("gateway.log");
     let mut config = crash_config(dir.path());
     config.worker_id = Some("crash-0".into());
@@ -69,10 +66,7 @@ async fn kill_9_three_times_in_a_row_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_routes_and_leaves_the_rest_queued() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 800\nfailure_rate = 0\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(800, 0.0);
     let log = dir.path().join("gateway.log");
     let mut config = crash_config(dir.path());
     config.queue_concurrency = 20;

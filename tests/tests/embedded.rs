@@ -97,10 +97,7 @@ async fn routes_retries_dead_letters_and_replays_with_live_context() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_then_restart_every_acknowledged_event_ends_final() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 1000\nfailure_rate = 0.1\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(1000, 0.1);
     let data = tempfile::tempdir().unwrap();
     let log = dir.path().join("gateway.log");
     let config = embedded_config(dir.path(), data.path());

@@ -10,10 +10,7 @@ use switchyard_tests::{Gateway, MongoServer, PluginDir, gateway_config};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_outage_mid_load_loses_nothing_and_fails_nothing() {
     let mut mongo = MongoServer::start();
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 300\nfailure_rate = 0\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(300, 0.0);
     let mut config = gateway_config(dir.path());
     config.mongo_url = Some(mongo.url());
     config.plugin_timeout_ms = 1_000;
@@ -77,10 +74,7 @@ async fn mongodb_outage_mid_load_loses_nothing_and_fails_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_plugin_keeps_the_worker_pool_bounded_and_ingestion_open() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 1000\nfailure_rate = 0\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(1000, 0.0);
     let data = tempfile::tempdir().unwrap();
     let mut config = switchyard_tests::embedded_config(dir.path(), data.path());
     config.queue_concurrency = 8;
@@ -120,10 +114,7 @@ async fn a_slow_plugin_keeps_the_worker_pool_bounded_and_ingestion_open() {
 
 #[tokio::test]
 async fn a_burst_beyond_capacity_is_shed_and_nothing_accepted_is_lost() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 200\nfailure_rate = 0\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(200, 0.0);
     let data = tempfile::tempdir().unwrap();
     let mut config = switchyard_tests::embedded_config(dir.path(), data.path());
     config.queue_concurrency = 4;

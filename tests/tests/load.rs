@@ -24,10 +24,7 @@ fn options(url: &str) -> LoadOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_requests_are_accepted_and_drained_with_retries() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 200\nfailure_rate = 0.1\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(200, 0.1);
     let gw = Gateway::start(gateway_config(dir.path())).await;
     let report = switchyard::load::run(options(&gw.url)).await.unwrap();
     assert_eq!(report.sent, 100);
@@ -49,10 +46,7 @@ async fn hundred_concurrent_requests_are_accepted_and_drained_with_retries() {
 
 #[tokio::test]
 async fn webhook_signatures_and_repeated_ids_count_duplicates() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 0\nfailure_rate = 0\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(0, 0.0);
     let gw = Gateway::start(gateway_config(dir.path())).await;
     let mut o = options(&gw.url);
     o.scheme = Scheme::Webhook;

@@ -381,10 +381,7 @@ async fn bad_input_gets_its_status_and_nothing_is_queued() {
 
 #[tokio::test]
 async fn rate_limit_and_queue_depth_shed_load_with_retry_after() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 3000\nfailure_rate = 0\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(3000, 0.0);
     let mut config = gateway_config(dir.path());
     config.rate_limit_max_requests = 5;
     config.rate_limit_window_ms = 60_000;

@@ -55,10 +55,7 @@ async fn default_plugin_decides_from_event_type_and_live_order() {
 
 #[tokio::test]
 async fn default_plugin_sleeps_the_configured_delay() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 300\nfailure_rate = 0\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(300, 0.0);
     let host = dir.host(test_limits(), no_context()).await;
     let t = Instant::now();
     host.route(&request("e1", "ORDER_CREATED", json!({})))
@@ -109,10 +106,7 @@ async fn transient_and_permanent_errors_are_typed() {
 
 #[tokio::test]
 async fn default_plugin_fails_about_the_configured_fraction() {
-    let dir = PluginDir::new(Some(
-        "[config.default-router]\ndelay_ms = 0\nfailure_rate = 0.1\n",
-    ));
-    dir.install("default-router", "default-router");
+    let dir = PluginDir::default_router(0, 0.1);
     let host = dir.host(test_limits(), no_context()).await;
     let mut failed = 0;
     for i in 0..400 {
