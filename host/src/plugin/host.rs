@@ -59,6 +59,28 @@ struct Loaded {
 struct Registry {
     plugins: BTreeMap<String, Arc<Loaded>>,
     manifest: Manifest,
+    /// The default plugin, derived from the manifest and the loaded names at each swap.
+    default: Option<String>,
+}
+
+impl Registry {
+    fn new(plugins: BTreeMap<String, Arc<Loaded>>, manifest: Manifest) -> Arc<Self> {
+        let names: Vec<&str> = plugins.keys().map(String::as_str).collect();
+        let default = manifest.default_plugin(&names).map(str::to_string);
+        Arc::new(Registry {
+            plugins,
+            manifest,
+            default,
+        })
+    }
+
+    /// The loaded plugin that routes `event_type`.
+    fn select(&self, event_type: &str) -> Option<&Arc<Loaded>> {
+        self.manifest
+            .routed_to(event_type)
+            .or(self.default.as_deref())
+            .and_then(|n| self.plugins.get(n))
+    }
 }
 
 /// The loaded plugins of one directory and the sandbox they run in. Cheap to clone.
@@ -163,12 +185,9 @@ impl PluginHost {
             }
         };
         let _guard = self.inner.load_lock.lock().await;
-        self.inner.registry.rcu(|r| {
-            Arc::new(Registry {
-                plugins: r.plugins.clone(),
-                manifest: manifest.clone(),
-            })
-        });
+        self.inner
+            .registry
+            .rcu(|r| Registry::new(r.plugins.clone(), manifest.clone()));
         tracing::info!(path = %path.display(), "plugin manifest loaded");
     }
 
@@ -196,10 +215,7 @@ impl PluginHost {
             self.inner.registry.rcu(|r| {
                 let mut plugins = r.plugins.clone();
                 plugins.remove(name);
-                Arc::new(Registry {
-                    plugins,
-                    manifest: r.manifest.clone(),
-                })
+                Registry::new(plugins, r.manifest.clone())
             });
             tracing::info!(plugin = name, "plugin unloaded (file removed)");
         }
@@ -266,10 +282,7 @@ impl PluginHost {
         self.inner.registry.rcu(|r| {
             let mut plugins = r.plugins.clone();
             plugins.insert(name.clone(), loaded.clone());
-            Arc::new(Registry {
-                plugins,
-                manifest: r.manifest.clone(),
-            })
+            Registry::new(plugins, r.manifest.clone())
         });
         self.inner
             .rejections
@@ -346,12 +359,7 @@ impl PluginHost {
     /// Routes one event with the plugin its type maps to.
     pub async fn route(&self, request: &RouteRequest) -> RouteOutcome {
         let registry = self.inner.registry.load_full();
-        let names: Vec<&str> = registry.plugins.keys().map(String::as_str).collect();
-        let plugin = registry
-            .manifest
-            .plugin_for(&request.event_type, &names)
-            .and_then(|n| registry.plugins.get(n));
-        let Some(plugin) = plugin.cloned() else {
+        let Some(plugin) = registry.select(&request.event_type).cloned() else {
             return RouteOutcome {
                 plugin: None,
                 result: Err(PluginError::NoPlugin(request.event_type.clone())),
@@ -421,9 +429,7 @@ impl PluginHost {
         for (prefix, plugin) in &registry.manifest.prefixes {
             routes.insert(format!("{prefix}*"), plugin.clone());
         }
-        let names: Vec<&str> = registry.plugins.keys().map(String::as_str).collect();
-        let default = registry.manifest.default_plugin(&names).map(str::to_string);
-        (routes, default)
+        (routes, registry.default.clone())
     }
 
     /// True when at least one plugin is loaded and the default (if named) is among them.

@@ -80,19 +80,21 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The plugin `[routes]` names for `event_type` (exact type first, then the longest prefix),
+    /// if any.
+    pub fn routed_to(&self, event_type: &str) -> Option<&str> {
+        self.exact.get(event_type).map(String::as_str).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(prefix, _)| event_type.starts_with(prefix.as_str()))
+                .map(|(_, p)| p.as_str())
+        })
+    }
+
     /// The plugin that routes `event_type`, given the names of the loaded plugins.
     pub fn plugin_for<'a>(&'a self, event_type: &str, loaded: &'a [&'a str]) -> Option<&'a str> {
-        if let Some(p) = self.exact.get(event_type) {
-            return Some(p);
-        }
-        if let Some((_, p)) = self
-            .prefixes
-            .iter()
-            .find(|(prefix, _)| event_type.starts_with(prefix.as_str()))
-        {
-            return Some(p);
-        }
-        self.default_plugin(loaded)
+        self.routed_to(event_type)
+            .or_else(|| self.default_plugin(loaded))
     }
 
     /// The default plugin's name, given the loaded plugins.
