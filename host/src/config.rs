@@ -31,6 +31,16 @@ pub struct Config {
     pub plugin_timeout_ms: u64,
     /// `PLUGIN_MEMORY_MB`: linear memory cap of one plugin instance.
     pub plugin_memory_mb: u64,
+    /// `SIDE_CALLS_MAX`: plugin calls beside live traffic at once (shadow comparisons, dry runs,
+    /// what-if replays), in instance slots of their own; a shadow call finding none is skipped.
+    pub side_calls_max: u32,
+    /// `ROLLBACK_WINDOW_MS`: how long a newly swapped plugin version is watched (0 = off).
+    pub rollback_window_ms: u64,
+    /// `ROLLBACK_MIN_CALLS`: calls in the window before its failure rate is judged.
+    pub rollback_min_calls: u64,
+    /// `ROLLBACK_MAX_FAILURE_RATE`: failed / all calls above which the version is rolled back
+    /// to the previous one (1 = off).
+    pub rollback_max_failure_rate: f64,
     /// `LOG_FORMAT`: `json` or `pretty` (default: pretty on a terminal, json otherwise).
     pub log_format: Option<String>,
     /// `HMAC_SECRET`: the producers' signing secret; several, comma-separated, during rotation.
@@ -97,6 +107,10 @@ impl Default for Config {
             queue_concurrency: 2048,
             plugin_timeout_ms: 10_000,
             plugin_memory_mb: 64,
+            side_calls_max: 64,
+            rollback_window_ms: 300_000,
+            rollback_min_calls: 20,
+            rollback_max_failure_rate: 0.5,
             log_format: None,
             hmac_secret: String::new(),
             signature_tolerance_secs: 300,
@@ -136,6 +150,10 @@ const ENV_KEYS: &[&str] = &[
     "queue_concurrency",
     "plugin_timeout_ms",
     "plugin_memory_mb",
+    "side_calls_max",
+    "rollback_window_ms",
+    "rollback_min_calls",
+    "rollback_max_failure_rate",
     "log_format",
     "hmac_secret",
     "signature_tolerance_secs",
@@ -224,6 +242,14 @@ impl Config {
             self.lease().as_millis() as u64 > self.plugin_timeout_ms,
             "LEASE_MS must exceed PLUGIN_TIMEOUT_MS"
         );
+        anyhow::ensure!(
+            self.side_calls_max <= 4096,
+            "SIDE_CALLS_MAX must be at most 4096"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.rollback_max_failure_rate),
+            "ROLLBACK_MAX_FAILURE_RATE must be between 0 and 1"
+        );
         if let Some(f) = &self.log_format {
             anyhow::ensure!(
                 f == "json" || f == "pretty",
@@ -270,7 +296,17 @@ impl Config {
             call_timeout: Duration::from_millis(self.plugin_timeout_ms),
             memory_bytes: self.plugin_memory_mb << 20,
             max_concurrent_calls: self.queue_concurrency,
+            side_calls: self.side_calls_max,
             ..Limits::default()
+        }
+    }
+
+    /// When a newly swapped plugin version is rolled back automatically.
+    pub fn rollout_policy(&self) -> crate::plugin::RolloutPolicy {
+        crate::plugin::RolloutPolicy {
+            window: Duration::from_millis(self.rollback_window_ms),
+            min_calls: self.rollback_min_calls,
+            max_failure_rate: self.rollback_max_failure_rate,
         }
     }
 }

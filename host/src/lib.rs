@@ -64,7 +64,12 @@ pub async fn run(
 
     let sandbox = Sandbox::new(config.plugin_limits())?;
     let context = Arc::new(state::StoreContext(state.clone()));
-    let plugins = PluginHost::new(sandbox, Some(config.plugins_dir.clone()), context);
+    let plugins = PluginHost::with_policy(
+        sandbox,
+        Some(config.plugins_dir.clone()),
+        context,
+        config.rollout_policy(),
+    );
     plugins.load_dir().await?;
     let loaded: Vec<String> = plugins
         .loaded()

@@ -97,3 +97,14 @@ pub fn queue_depths(stats: &crate::queue::QueueStats) {
         metrics::gauge!("switchyard_queue_depth", "queue" => queue).set(value as f64);
     }
 }
+
+/// Counts one shadow comparison (`agreed`, `differed`) or a skipped one (`skipped`).
+pub fn shadow(plugin: &str, result: &'static str) {
+    metrics::counter!("switchyard_shadow_calls_total", "plugin" => plugin.to_string(), "result" => result).increment(1);
+}
+
+/// Counts one swap of a plugin's active version (`loaded`, `promoted`, `rolled_back`,
+/// `auto_rolled_back`).
+pub fn plugin_swap(plugin: &str, action: &'static str) {
+    metrics::counter!("switchyard_plugin_swaps_total", "plugin" => plugin.to_string(), "action" => action).increment(1);
+}

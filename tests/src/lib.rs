@@ -331,6 +331,25 @@ impl Client {
         Client::answer(r).await
     }
 
+    /// Any admin request: `method` on `path` with the admin token and an optional raw body;
+    /// `token: None` sends none.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        token: Option<&str>,
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        Client::answer(req.send().await.expect("admin request")).await
+    }
+
     /// Polls `GET /events/{id}` until every id is `ROUTED` or `FAILED`; returns the records.
     pub async fn wait_final(
         &self,

@@ -19,7 +19,11 @@ const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Checks the bearer token. With no `ADMIN_TOKEN` configured, `required_always` endpoints are
 /// refused and the others are open.
-fn authorize(s: &AppState, headers: &HeaderMap, required_always: bool) -> Result<(), ApiError> {
+pub(super) fn authorize(
+    s: &AppState,
+    headers: &HeaderMap,
+    required_always: bool,
+) -> Result<(), ApiError> {
     let Some(expected) = s.admin_token.as_deref() else {
         return if required_always {
             Err(ApiError::new(

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod error;
 pub mod ingest;
+pub mod rollout;
 pub mod signature;
 
 use std::sync::Arc;
@@ -94,6 +95,17 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
         .route("/plugins", get(plugins))
+        .route("/plugins/{name}", get(rollout::status))
+        .route(
+            "/plugins/{name}/candidate",
+            axum::routing::put(rollout::stage)
+                .delete(rollout::withdraw)
+                .layer(DefaultBodyLimit::max(rollout::MAX_COMPONENT_BYTES)),
+        )
+        .route("/plugins/{name}/promote", post(rollout::promote))
+        .route("/plugins/{name}/rollback", post(rollout::rollback))
+        .route("/plugins/{name}/dry-run", post(rollout::dry_run))
+        .route("/plugins/{name}/what-if", post(rollout::what_if))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -114,6 +126,7 @@ async fn plugins(State(s): State<AppState>) -> impl IntoResponse {
         "routes": routes,
         "default": default,
         "rejections": s.plugins.rejections(),
+        "rollout": s.plugins.status(),
     }))
 }
 

@@ -1,17 +1,23 @@
-//! The registry of loaded plugins and the routing entry point.
+//! The registry of loaded plugins and the routing entry point. Promotion, rollback, dry runs and
+//! the rollout status live in [`swap`].
 
-use std::collections::BTreeMap;
+mod load;
+mod swap;
+
+pub use swap::{PluginStatus, Resolved, RolloutError, Which};
+
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::manifest::{MANIFEST_FILE, Manifest};
+use super::manifest::Manifest;
+use super::rollout::{Answer, DiffSample, HistoryEntry, RolloutPolicy, ShadowStats, Watch};
 use super::sandbox::{CallContext, Prepared, Sandbox, short};
-use super::{CANARY_EVENT_TYPE, Decision, PluginError, RouteRequest, SharedContext};
+use super::{Decision, PluginError, RouteRequest, SharedContext};
 
 /// Which plugin version handled a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,38 +56,69 @@ pub struct Rejection {
     pub reason: String,
 }
 
-struct Loaded {
-    info: LoadedInfo,
-    prepared: Prepared,
+pub(super) struct Loaded {
+    pub(super) info: LoadedInfo,
+    pub(super) prepared: Prepared,
+    /// The component itself, to rewrite the plugin's file on promotion or rollback.
+    pub(super) bytes: Arc<[u8]>,
 }
 
-#[derive(Default)]
-struct Registry {
-    plugins: BTreeMap<String, Arc<Loaded>>,
+impl Loaded {
+    /// The same compiled version, as found at `path` now.
+    fn at(&self, path: &Path) -> Arc<Loaded> {
+        Arc::new(Loaded {
+            info: LoadedInfo {
+                path: path.to_path_buf(),
+                loaded_at_ms: now_ms(),
+                ..self.info.clone()
+            },
+            prepared: self.prepared.clone(),
+            bytes: self.bytes.clone(),
+        })
+    }
+}
+
+/// A version shadowing the active one, with its comparison counters.
+pub(super) struct Candidate {
+    pub(super) loaded: Arc<Loaded>,
+    pub(super) stats: Arc<ShadowStats>,
+}
+
+#[derive(Default, Clone)]
+pub(super) struct Registry {
+    /// The active version of each plugin: it decides.
+    pub(super) plugins: BTreeMap<String, Arc<Loaded>>,
+    /// The version each plugin had before its last swap, still compiled.
+    pub(super) previous: BTreeMap<String, Arc<Loaded>>,
+    pub(super) candidates: BTreeMap<String, Arc<Candidate>>,
+    /// Freshly swapped versions under watch for automatic rollback.
+    pub(super) watches: BTreeMap<String, Arc<Watch>>,
     manifest: Manifest,
     /// The default plugin, derived from the manifest and the loaded names at each swap.
     default: Option<String>,
 }
 
 impl Registry {
-    fn new(plugins: BTreeMap<String, Arc<Loaded>>, manifest: Manifest) -> Arc<Self> {
-        let names: Vec<&str> = plugins.keys().map(String::as_str).collect();
-        let default = manifest.default_plugin(&names).map(str::to_string);
-        Arc::new(Registry {
-            plugins,
-            manifest,
-            default,
-        })
+    fn derive_default(&mut self) {
+        let names: Vec<&str> = self.plugins.keys().map(String::as_str).collect();
+        self.default = self.manifest.default_plugin(&names).map(str::to_string);
+    }
+
+    /// The name of the plugin that routes `event_type`.
+    fn name_for(&self, event_type: &str) -> Option<&str> {
+        self.manifest
+            .routed_to(event_type)
+            .or(self.default.as_deref())
     }
 
     /// The loaded plugin that routes `event_type`.
     fn select(&self, event_type: &str) -> Option<&Arc<Loaded>> {
-        self.manifest
-            .routed_to(event_type)
-            .or(self.default.as_deref())
-            .and_then(|n| self.plugins.get(n))
+        self.name_for(event_type).and_then(|n| self.plugins.get(n))
     }
 }
+
+/// Compiled versions kept for reuse (a rollback, a promotion by rename, a re-deploy).
+const COMPILED_CACHE: usize = 16;
 
 /// The loaded plugins of one directory and the sandbox they run in. Cheap to clone.
 #[derive(Clone)]
@@ -93,10 +130,25 @@ struct Inner {
     sandbox: Sandbox,
     dir: Option<PathBuf>,
     context: SharedContext,
+    policy: RolloutPolicy,
     registry: ArcSwap<Registry>,
-    /// Serialises loads so that two reloads of one file cannot interleave their swaps.
+    /// Serialises loads and swaps so that two changes of one plugin cannot interleave.
     load_lock: tokio::sync::Mutex<()>,
     rejections: Mutex<BTreeMap<String, Rejection>>,
+    history: Mutex<BTreeMap<String, VecDeque<HistoryEntry>>>,
+    /// Versions rolled back automatically, per plugin: their file is not loaded again.
+    blocked: Mutex<BTreeMap<String, Blocked>>,
+    /// Recently compiled versions: (plugin, was it a candidate, version).
+    compiled: Mutex<VecDeque<(String, bool, Arc<Loaded>)>>,
+}
+
+/// A version the watch rolled back, and why.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Blocked {
+    pub version: String,
+    pub at_ms: u64,
+    pub reason: String,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -107,33 +159,59 @@ impl std::fmt::Debug for PluginHost {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-/// The plugin name of a file: its stem, for `.wasm` files.
-pub(crate) fn plugin_name(path: &Path) -> Option<String> {
+/// Suffix of a candidate's file stem: `<name>.next.wasm` shadows `<name>.wasm`.
+pub const CANDIDATE_SUFFIX: &str = ".next";
+
+/// The plugin name of a file (its stem, without `.next`) and whether it is a candidate.
+pub(crate) fn file_role(path: &Path) -> Option<(String, bool)> {
     if path.extension()? != "wasm" {
         return None;
     }
-    Some(path.file_stem()?.to_str()?.to_string())
+    let stem = path.file_stem()?.to_str()?;
+    match stem.strip_suffix(CANDIDATE_SUFFIX) {
+        Some(name) if !name.is_empty() => Some((name.to_string(), true)),
+        _ => Some((stem.to_string(), false)),
+    }
+}
+
+/// The plugin name of a file: its stem, for `.wasm` files (`x.next.wasm` is a version of `x`).
+pub(crate) fn plugin_name(path: &Path) -> Option<String> {
+    file_role(path).map(|(name, _)| name)
 }
 
 impl PluginHost {
     /// A host with no plugins loaded. `dir` is the plugins directory (for [`Self::load_dir`] and
     /// the watcher); `context` serves the plugins' `context` lookups.
     pub fn new(sandbox: Sandbox, dir: Option<PathBuf>, context: SharedContext) -> Self {
+        Self::with_policy(sandbox, dir, context, RolloutPolicy::default())
+    }
+
+    /// Like [`Self::new`], with the automatic-rollback policy `policy`.
+    pub fn with_policy(
+        sandbox: Sandbox,
+        dir: Option<PathBuf>,
+        context: SharedContext,
+        policy: RolloutPolicy,
+    ) -> Self {
         PluginHost {
             inner: Arc::new(Inner {
                 sandbox,
                 dir,
                 context,
+                policy,
                 registry: ArcSwap::from_pointee(Registry::default()),
                 load_lock: tokio::sync::Mutex::new(()),
                 rejections: Mutex::new(BTreeMap::new()),
+                history: Mutex::new(BTreeMap::new()),
+                blocked: Mutex::new(BTreeMap::new()),
+                compiled: Mutex::new(VecDeque::new()),
             }),
         }
     }
@@ -146,179 +224,23 @@ impl PluginHost {
         self.inner.dir.as_deref()
     }
 
-    /// Loads the manifest and every `.wasm` file of the plugins directory. Files that fail are
-    /// rejected (logged, listed in [`Self::rejections`]); the others serve.
-    pub async fn load_dir(&self) -> anyhow::Result<()> {
-        let Some(dir) = self.inner.dir.clone() else {
-            return Ok(());
-        };
-        self.reload_manifest().await;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| anyhow::anyhow!("cannot read plugins directory {}: {e}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| plugin_name(p).is_some())
-            .collect();
-        files.sort();
-        for f in files {
-            let _ = self.load_file(&f).await;
-        }
-        Ok(())
-    }
-
-    /// Re-reads `switchyard.toml`. A manifest that does not parse is rejected; the previous one
-    /// stays in force.
-    pub async fn reload_manifest(&self) {
-        let Some(dir) = &self.inner.dir else { return };
-        let path = dir.join(MANIFEST_FILE);
-        let manifest = match std::fs::read_to_string(&path) {
-            Ok(text) => match Manifest::parse(&text) {
-                Ok(m) => m,
-                Err(reason) => {
-                    self.reject(MANIFEST_FILE, None, format!("invalid manifest: {reason}"));
-                    return;
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-            Err(e) => {
-                self.reject(MANIFEST_FILE, None, format!("cannot read manifest: {e}"));
-                return;
-            }
-        };
-        let _guard = self.inner.load_lock.lock().await;
-        self.inner
-            .registry
-            .rcu(|r| Registry::new(r.plugins.clone(), manifest.clone()));
-        tracing::info!(path = %path.display(), "plugin manifest loaded");
-    }
-
-    /// Reacts to a change of `path` inside the plugins directory: (re)loads a `.wasm` file,
-    /// unloads a removed one, re-reads the manifest.
-    pub async fn reload_path(&self, path: &Path) {
-        if path.file_name().is_some_and(|n| n == MANIFEST_FILE) {
-            self.reload_manifest().await;
-            return;
-        }
-        let Some(name) = plugin_name(path) else {
-            return;
-        };
-        if path.exists() {
-            let _ = self.load_file(path).await;
-        } else {
-            self.unload(&name).await;
-        }
-    }
-
-    /// Removes a plugin. Calls already running finish on it.
-    pub async fn unload(&self, name: &str) {
-        let _guard = self.inner.load_lock.lock().await;
-        if self.inner.registry.load().plugins.contains_key(name) {
-            self.inner.registry.rcu(|r| {
-                let mut plugins = r.plugins.clone();
-                plugins.remove(name);
-                Registry::new(plugins, r.manifest.clone())
-            });
-            tracing::info!(plugin = name, "plugin unloaded (file removed)");
-        }
-    }
-
-    /// Compiles, type-checks and canary-calls one `.wasm` file, then swaps it in under its file
-    /// stem. On any failure the previous version (if any) keeps serving and the reason is
-    /// returned, logged and recorded.
-    pub async fn load_file(&self, path: &Path) -> Result<LoadedInfo, String> {
-        let name =
-            plugin_name(path).ok_or_else(|| format!("{} is not a .wasm file", path.display()))?;
-        let started = Instant::now();
-        let bytes = match tokio::fs::read(path).await {
-            Ok(b) => b,
-            Err(e) => {
-                return Err(self.reject(
-                    &name,
-                    None,
-                    format!("cannot read {}: {e}", path.display()),
-                ));
-            }
-        };
-        let version = hex::encode(Sha256::digest(&bytes));
-        let _guard = self.inner.load_lock.lock().await;
-        if let Some(current) = self.inner.registry.load().plugins.get(&name)
-            && current.info.version == version
-        {
-            return Ok(current.info.clone());
-        }
-        let sandbox = self.inner.sandbox.clone();
-        let prepared = match tokio::task::spawn_blocking(move || sandbox.prepare(&bytes)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(reason)) => return Err(self.reject(&name, Some(&version), reason)),
-            Err(e) => {
-                return Err(self.reject(
-                    &name,
-                    Some(&version),
-                    format!("compilation panicked: {e}"),
-                ));
-            }
-        };
-        let config = self.inner.registry.load().manifest.config_for(&name);
-        if let Err(e) = self.canary(&name, &version, &prepared, config).await {
-            return Err(self.reject(&name, Some(&version), format!("canary call failed: {e}")));
-        }
-        let info = LoadedInfo {
-            name: name.clone(),
-            version: version.clone(),
-            loaded_at_ms: now_ms(),
-            size_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-            path: path.to_path_buf(),
-        };
-        let loaded = Arc::new(Loaded {
-            info: info.clone(),
-            prepared,
-        });
-        let previous = self
-            .inner
-            .registry
-            .load()
-            .plugins
-            .get(&name)
-            .map(|p| p.info.version.clone());
+    /// Applies `change` to a copy of the registry and publishes it. Callers hold `load_lock`.
+    fn update(&self, change: impl Fn(&mut Registry)) {
         self.inner.registry.rcu(|r| {
-            let mut plugins = r.plugins.clone();
-            plugins.insert(name.clone(), loaded.clone());
-            Registry::new(plugins, r.manifest.clone())
+            let mut next = Registry::clone(r);
+            change(&mut next);
+            next.derive_default();
+            Arc::new(next)
         });
-        self.inner
-            .rejections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&name);
-        crate::metrics::plugin_reload(&name, "loaded");
-        tracing::info!(
-            plugin = %name, version = short(&version),
-            previous = previous.as_deref().map(short).unwrap_or("-"),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "plugin loaded"
-        );
-        Ok(info)
     }
 
-    async fn canary(
-        &self,
-        name: &str,
-        version: &str,
-        prepared: &Prepared,
-        config: Arc<BTreeMap<String, String>>,
-    ) -> Result<(), PluginError> {
-        let request = RouteRequest {
-            event_id: format!("canary-{}", short(version)),
-            event_type: CANARY_EVENT_TYPE.into(),
-            correlation_id: format!("canary-{}", short(version)),
-            payload: "{}".into(),
-            received_at_ms: now_ms(),
-            attempt: 1,
-        };
-        let call = self.call_context(name, version, &request, config);
-        match self.inner.sandbox.call(prepared, call, &request).await {
-            Ok(_) | Err(PluginError::Transient(_) | PluginError::Permanent(_)) => Ok(()),
-            Err(e) => Err(e),
+    fn remember_history(&self, name: &str, entry: HistoryEntry) {
+        let mut history = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+        let list = history.entry(name.to_string()).or_default();
+        if list.len() == super::rollout::HISTORY {
+            list.pop_front();
         }
+        list.push_back(entry);
     }
 
     fn call_context(
@@ -327,6 +249,7 @@ impl PluginHost {
         version: &str,
         request: &RouteRequest,
         config: Arc<BTreeMap<String, String>>,
+        context: Option<SharedContext>,
     ) -> CallContext {
         CallContext {
             plugin: name.into(),
@@ -334,7 +257,7 @@ impl PluginHost {
             correlation_id: request.correlation_id.clone(),
             event_id: request.event_id.clone(),
             config,
-            context: self.inner.context.clone(),
+            context: context.unwrap_or_else(|| self.inner.context.clone()),
         }
     }
 
@@ -356,7 +279,10 @@ impl PluginHost {
         reason
     }
 
-    /// Routes one event with the plugin its type maps to.
+    /// Routes one event with the plugin its type maps to. When the plugin has a candidate, the
+    /// candidate answers the same request afterwards in a side slot (or is skipped when none is
+    /// free), and the answers are compared; when the active version is under watch, the call
+    /// counts towards its failure rate.
     pub async fn route(&self, request: &RouteRequest) -> RouteOutcome {
         let registry = self.inner.registry.load_full();
         let Some(plugin) = registry.select(&request.event_type).cloned() else {
@@ -365,9 +291,20 @@ impl PluginHost {
                 result: Err(PluginError::NoPlugin(request.event_type.clone())),
             };
         };
-        let config = registry.manifest.config_for(&plugin.info.name);
+        let name = plugin.info.name.as_str();
+        let config = registry.manifest.config_for(name);
+        let shadow = registry
+            .candidates
+            .get(name)
+            .filter(|c| c.loaded.info.version != plugin.info.version)
+            .cloned();
+        let watch = registry
+            .watches
+            .get(name)
+            .filter(|w| w.version == plugin.info.version)
+            .cloned();
         drop(registry);
-        let call = self.call_context(&plugin.info.name, &plugin.info.version, request, config);
+        let call = self.call_context(name, &plugin.info.version, request, config.clone(), None);
         let started = Instant::now();
         let result = self
             .inner
@@ -376,11 +313,19 @@ impl PluginHost {
             .await;
         let kind = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.kind());
         crate::metrics::plugin_call(
-            &plugin.info.name,
+            name,
             &plugin.info.version,
             kind,
             started.elapsed().as_secs_f64(),
         );
+        if let Some(reason) = watch.and_then(|w| w.record(&result)) {
+            let (host, name, version) =
+                (self.clone(), name.to_string(), plugin.info.version.clone());
+            tokio::spawn(async move { host.auto_rollback(&name, &version, reason).await });
+        }
+        if let Some(candidate) = shadow {
+            self.shadow(candidate, config, request, Answer::of(&result));
+        }
         RouteOutcome {
             plugin: Some(PluginId {
                 name: plugin.info.name.clone(),
@@ -390,7 +335,47 @@ impl PluginHost {
         }
     }
 
-    /// The loaded plugins, by name.
+    /// Runs `request` through the candidate in a side slot, after the live call, and counts how
+    /// its answer compares with the active one. Never waits: without a free slot it is skipped.
+    fn shadow(
+        &self,
+        candidate: Arc<Candidate>,
+        config: Arc<BTreeMap<String, String>>,
+        request: &RouteRequest,
+        active: Answer,
+    ) {
+        let name = candidate.loaded.info.name.clone();
+        let Some(slot) = self.inner.sandbox.try_side_slot() else {
+            candidate.stats.skipped();
+            crate::metrics::shadow(&name, "skipped");
+            return;
+        };
+        let (host, request) = (self.clone(), request.clone());
+        tokio::spawn(async move {
+            let loaded = &candidate.loaded;
+            let call = host.call_context(&name, &loaded.info.version, &request, config, None);
+            let result = host
+                .inner
+                .sandbox
+                .call_side(&slot, &loaded.prepared, call, &request)
+                .await;
+            drop(slot);
+            let differed = candidate.stats.compare(DiffSample {
+                event_id: request.event_id.clone(),
+                event_type: request.event_type.clone(),
+                attempt: request.attempt,
+                at_ms: now_ms(),
+                active,
+                candidate: Answer::of(&result),
+            });
+            crate::metrics::shadow(&name, if differed { "differed" } else { "agreed" });
+            if differed {
+                tracing::debug!(plugin = %name, event_id = %request.event_id, "shadow decision differs");
+            }
+        });
+    }
+
+    /// The loaded plugins (active versions), by name.
     pub fn loaded(&self) -> Vec<LoadedInfo> {
         self.inner
             .registry
@@ -409,6 +394,15 @@ impl PluginHost {
             .plugins
             .get(name)
             .map(|p| p.info.version.clone())
+    }
+
+    /// The name of the plugin that routes `event_type` now, if any.
+    pub fn plugin_for(&self, event_type: &str) -> Option<String> {
+        self.inner
+            .registry
+            .load()
+            .name_for(event_type)
+            .map(str::to_string)
     }
 
     /// The last rejection per plugin name (cleared when a version of it loads).
@@ -435,5 +429,21 @@ impl PluginHost {
     /// True when at least one plugin is loaded and the default (if named) is among them.
     pub fn is_ready(&self) -> bool {
         !self.inner.registry.load().plugins.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_files_are_versions_of_their_plugin() {
+        let role = |p: &str| file_role(Path::new(p));
+        assert_eq!(role("/d/router.wasm"), Some(("router".into(), false)));
+        assert_eq!(role("/d/router.next.wasm"), Some(("router".into(), true)));
+        assert_eq!(role("/d/.next.wasm"), Some((".next".into(), false)));
+        assert_eq!(role("/d/router.next"), None);
+        assert_eq!(role("/d/.router.wasm.swap"), None);
+        assert_eq!(plugin_name(Path::new("a.next.wasm")).as_deref(), Some("a"));
     }
 }

@@ -13,6 +13,7 @@
 mod bindings;
 mod host;
 mod manifest;
+pub mod rollout;
 mod sandbox;
 pub mod watch;
 
@@ -22,7 +23,11 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-pub use host::{LoadedInfo, PluginHost, PluginId, Rejection, RouteOutcome};
+pub use host::{
+    Blocked, CANDIDATE_SUFFIX, LoadedInfo, PluginHost, PluginId, PluginStatus, Rejection, Resolved,
+    RolloutError, RouteOutcome, Which,
+};
+pub use rollout::{Answer, RolloutPolicy};
 
 /// The plugin name a `.wasm` file would load under (its file stem).
 pub fn name_of_file(path: &std::path::Path) -> anyhow::Result<String> {

@@ -26,6 +26,9 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// How many calls may run at once; sizes the instance pool. Further calls wait for a slot.
     pub max_concurrent_calls: u32,
+    /// Calls beside live traffic (shadow comparisons, dry runs, what-if replays) that may run at
+    /// once, in instance slots of their own: they never take a slot from a live route.
+    pub side_calls: u32,
     /// Largest decision accepted (destination + reason + metadata), in bytes.
     pub max_decision_bytes: usize,
     /// Log lines a plugin may write per call; more are dropped.
@@ -38,6 +41,7 @@ impl Default for Limits {
             call_timeout: Duration::from_secs(10),
             memory_bytes: 64 << 20,
             max_concurrent_calls: 1024,
+            side_calls: 64,
             max_decision_bytes: 64 << 10,
             max_log_lines: 64,
         }
@@ -58,6 +62,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     slots: Arc<Semaphore>,
+    side_slots: Arc<Semaphore>,
     limits: Arc<Limits>,
 }
 
@@ -79,7 +84,7 @@ impl Sandbox {
     /// Builds the engine (pooling allocator sized from `limits`), the linker with WASI and the
     /// host imports, and starts the epoch ticker (it stops when the engine is dropped).
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
-        let slots = limits.max_concurrent_calls.max(1) + SPARE_SLOTS;
+        let slots = limits.max_concurrent_calls.max(1) + limits.side_calls + SPARE_SLOTS;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots * 4)
@@ -113,6 +118,7 @@ impl Sandbox {
             engine,
             linker: Arc::new(linker),
             slots: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1) as usize)),
+            side_slots: Arc::new(Semaphore::new(limits.side_calls as usize)),
             limits: Arc::new(limits),
         })
     }
@@ -155,7 +161,7 @@ impl Sandbox {
         Ok((imports, exports))
     }
 
-    /// Runs one `route` call in a fresh sandbox.
+    /// Runs one live `route` call in a fresh sandbox (waiting for a live slot).
     pub(crate) async fn call(
         &self,
         plugin: &Prepared,
@@ -167,6 +173,45 @@ impl Sandbox {
             .acquire()
             .await
             .map_err(|_| PluginError::Instantiate("sandbox closed".into()))?;
+        self.run(plugin, call, request).await
+    }
+
+    /// A side slot if one is free now (shadow calls are skipped rather than queued).
+    pub(crate) fn try_side_slot(&self) -> Option<SideSlot> {
+        self.side_slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(SideSlot)
+    }
+
+    /// A side slot, waiting for one (dry runs and what-if replays).
+    pub(crate) async fn side_slot(&self) -> Result<SideSlot, PluginError> {
+        self.side_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map(SideSlot)
+            .map_err(|_| PluginError::Instantiate("sandbox closed".into()))
+    }
+
+    /// Runs one `route` call beside live traffic, in the side slot `_slot`.
+    pub(crate) async fn call_side(
+        &self,
+        _slot: &SideSlot,
+        plugin: &Prepared,
+        call: CallContext,
+        request: &RouteRequest,
+    ) -> Result<Decision, PluginError> {
+        self.run(plugin, call, request).await
+    }
+
+    async fn run(
+        &self,
+        plugin: &Prepared,
+        call: CallContext,
+        request: &RouteRequest,
+    ) -> Result<Decision, PluginError> {
         let limits = &*self.limits;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
@@ -227,6 +272,9 @@ impl Sandbox {
         }
     }
 }
+
+/// Permission to run one call beside live traffic (see [`Limits::side_calls`]).
+pub(crate) struct SideSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 enum Failure {
     Instantiate(String),

@@ -8,18 +8,22 @@ use async_trait::async_trait;
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{Claim, Error, EventRecord, EventState, Finish, StateCounts, StateStore};
+use super::{
+    Claim, Error, EventRecord, EventState, Finish, ScanFilter, StateCounts, StateStore, StoredEvent,
+};
 use crate::embedded::{CONTEXT, COUNTERS, EVENTS, EmbeddedDb};
 use crate::event::Job;
 
 const HISTORY_LIMIT: usize = 100;
 
-/// A record with its lease.
+/// A record with its lease and the payload (for what-if replays).
 #[derive(Serialize, Deserialize)]
 struct Stored {
     record: EventRecord,
     lease_owner: Option<String>,
     lease_until_ms: u64,
+    #[serde(default)]
+    payload: Option<String>,
 }
 
 fn storage(e: crate::embedded::Error) -> Error {
@@ -111,6 +115,7 @@ impl StateStore for EmbeddedState {
                             record,
                             lease_owner: Some(owner),
                             lease_until_ms,
+                            payload: Some(job.payload.clone()),
                         },
                     )?;
                     count(txn, None, EventState::RoutingPending)?;
@@ -225,6 +230,36 @@ impl StateStore for EmbeddedState {
                     failed: get(EventState::Failed)?,
                 })
             })
+            .map_err(storage)
+    }
+
+    async fn scan(&self, filter: &ScanFilter, limit: usize) -> Result<Vec<StoredEvent>, Error> {
+        // A full pass over the events table, off the async runtime.
+        let (db, filter) = (self.db.clone(), filter.clone());
+        let scan = move || {
+            db.read(|txn| {
+                let events = txn.open_table(EVENTS).map_err(E::from)?;
+                let mut found = Vec::new();
+                for row in events.iter().map_err(E::from)? {
+                    let (_, value) = row.map_err(E::from)?;
+                    let stored: Stored = serde_json::from_slice(value.value()).map_err(E::from)?;
+                    if let Some(payload) = stored.payload
+                        && filter.matches(&stored.record)
+                    {
+                        found.push(StoredEvent {
+                            record: stored.record,
+                            payload,
+                        });
+                    }
+                }
+                found.sort_by_key(|e| (e.record.received_at_ms, e.record.event_id.clone()));
+                found.truncate(limit);
+                Ok(found)
+            })
+        };
+        tokio::task::spawn_blocking(scan)
+            .await
+            .map_err(|e| Error::Unavailable(format!("scan panicked: {e}")))?
             .map_err(storage)
     }
 

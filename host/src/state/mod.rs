@@ -111,6 +111,44 @@ pub struct EventRecord {
     pub updated_at_ms: u64,
 }
 
+/// Which finished events a what-if replay reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScanFilter {
+    /// Only events of this type.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Only events received at or after this time (ms since the Unix epoch).
+    pub from_ms: Option<u64>,
+    /// Only events received before this time.
+    pub to_ms: Option<u64>,
+    /// `ROUTED` or `FAILED`; both when absent.
+    pub state: Option<EventState>,
+}
+
+impl ScanFilter {
+    pub fn matches(&self, record: &EventRecord) -> bool {
+        let state_ok = match self.state {
+            Some(s) => record.state == s,
+            None => record.state != EventState::RoutingPending,
+        };
+        state_ok
+            && self
+                .event_type
+                .as_ref()
+                .is_none_or(|t| *t == record.event_type)
+            && self.from_ms.is_none_or(|f| record.received_at_ms >= f)
+            && self.to_ms.is_none_or(|t| record.received_at_ms < t)
+    }
+}
+
+/// A finished event with the payload it was routed with.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub record: EventRecord,
+    pub payload: String,
+}
+
 /// Records per state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -129,6 +167,9 @@ pub trait StateStore: Send + Sync + 'static {
     async fn finish(&self, event_id: &str, owner: &str, finish: Finish) -> Result<bool, Error>;
     async fn get(&self, event_id: &str) -> Result<Option<EventRecord>, Error>;
     async fn counts(&self) -> Result<StateCounts, Error>;
+    /// Up to `limit` finished events matching `filter`, oldest received first, with their
+    /// payloads (for what-if replays). Records stored without a payload are left out.
+    async fn scan(&self, filter: &ScanFilter, limit: usize) -> Result<Vec<StoredEvent>, Error>;
     /// Live `order` / `shipment` documents for plugins, as JSON text.
     async fn lookup(&self, kind: &str, id: &str) -> Result<Option<String>, Error>;
     /// Creates or replaces a live document (`PUT /context/{kind}/{id}`).

@@ -14,7 +14,9 @@ use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::{Attempt, Claim, Error, EventRecord, Finish, StateCounts, StateStore};
+use super::{
+    Attempt, Claim, Error, EventRecord, Finish, ScanFilter, StateCounts, StateStore, StoredEvent,
+};
 use crate::event::Job;
 
 const PENDING: &str = "ROUTING_PENDING";
@@ -266,6 +268,45 @@ impl StateStore for MongoStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn scan(&self, filter: &ScanFilter, limit: usize) -> Result<Vec<StoredEvent>, Error> {
+        use futures::TryStreamExt;
+        let mut query = doc! {
+            "state": match filter.state {
+                Some(s) => Bson::from(s.as_str()),
+                None => Bson::from(doc! { "$in": [ROUTED, FAILED] }),
+            },
+            "payload": { "$exists": true },
+        };
+        if let Some(t) = &filter.event_type {
+            query.insert("type", t);
+        }
+        let mut received = Document::new();
+        if let Some(f) = filter.from_ms {
+            received.insert("$gte", f as i64);
+        }
+        if let Some(t) = filter.to_ms {
+            received.insert("$lt", t as i64);
+        }
+        if !received.is_empty() {
+            query.insert("receivedAtMs", received);
+        }
+        let mut cursor = self
+            .events
+            .find(query)
+            .sort(doc! { "receivedAtMs": 1, "eventId": 1 })
+            .limit(limit as i64)
+            .await
+            .map_err(unavailable)?;
+        let mut found = Vec::new();
+        while let Some(d) = cursor.try_next().await.map_err(unavailable)? {
+            let payload = d.get_str("payload").unwrap_or("{}").to_string();
+            let record: EventRecord = bson::from_document(d)
+                .map_err(|e| Error::Unavailable(format!("cannot decode event record: {e}")))?;
+            found.push(StoredEvent { record, payload });
+        }
+        Ok(found)
     }
 
     async fn lookup(&self, kind: &str, id: &str) -> Result<Option<String>, Error> {

@@ -1,0 +1,461 @@
+//! Plugin rollout endpoints: status, staging a candidate, promotion, rollback, dry runs and
+//! what-if replays. Everything but the status needs the admin token.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::admin::authorize;
+use super::error::ApiError;
+use crate::event::IncomingEvent;
+use crate::plugin::{
+    Answer, CANDIDATE_SUFFIX, Resolved, RolloutError, RouteRequest, SharedContext, StaticContext,
+    Which,
+};
+use crate::state::{EventState, ScanFilter};
+
+/// Largest component accepted by `PUT /plugins/{name}/candidate`.
+pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
+/// What-if replays examine at most this many events per request.
+const MAX_WHAT_IF: usize = 5000;
+/// Dry runs of a what-if replay in flight at once (each also waits for a side slot).
+const WHAT_IF_PARALLEL: usize = 32;
+
+fn rollout_error(e: RolloutError) -> ApiError {
+    let status = match &e {
+        RolloutError::NoSuchPlugin(_) | RolloutError::NoSuchVersion(..) => StatusCode::NOT_FOUND,
+        RolloutError::NoCandidate(_) | RolloutError::NoPrevious(_) | RolloutError::Changed(..) => {
+            StatusCode::CONFLICT
+        }
+    };
+    let code = match &e {
+        RolloutError::NoSuchPlugin(_) => "no_such_plugin",
+        RolloutError::NoSuchVersion(..) => "no_such_version",
+        RolloutError::NoCandidate(_) => "no_candidate",
+        RolloutError::NoPrevious(_) => "no_previous_version",
+        RolloutError::Changed(..) => "changed",
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+fn valid_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.ends_with(CANDIDATE_SUFFIX)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad_request(
+            "invalid_name",
+            "a plugin name is 1 to 64 characters of [A-Za-z0-9_-]",
+        ))
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| bad_request("invalid_body", e.to_string()))
+}
+
+/// `GET /plugins/{name}`: versions, shadow comparison, watch and history of one plugin.
+pub async fn status(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    s.plugins
+        .status()
+        .into_iter()
+        .find(|p| p.name == name)
+        .map(|p| Json(p).into_response())
+        .ok_or_else(|| rollout_error(RolloutError::NoSuchPlugin(name)))
+}
+
+/// `PUT /plugins/{name}/candidate`: stages a component (the body) as `<name>.next.wasm`.
+pub async fn stage(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, true)?;
+    valid_name(&name)?;
+    let dir = s.plugins.dir().ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "no_directory", "no plugins directory")
+    })?;
+    let path = dir.join(format!("{name}{CANDIDATE_SUFFIX}.wasm"));
+    let tmp = dir.join(format!(".{name}{CANDIDATE_SUFFIX}.upload"));
+    let written = async {
+        tokio::fs::write(&tmp, &body).await?;
+        tokio::fs::rename(&tmp, &path).await
+    }
+    .await;
+    if let Err(e) = written {
+        tracing::warn!(plugin = %name, error = %e, "cannot write the candidate's file");
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "write_failed",
+            "the candidate could not be written to the plugins directory",
+        ));
+    }
+    match s.plugins.load_file(&path).await {
+        Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
+        Err(reason) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "rejected",
+                reason,
+            ))
+        }
+    }
+}
+
+/// `DELETE /plugins/{name}/candidate`: stops shadowing and removes `<name>.next.wasm`.
+pub async fn withdraw(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, true)?;
+    valid_name(&name)?;
+    let version = s
+        .plugins
+        .withdraw_candidate(&name, "admin call")
+        .await
+        .ok_or_else(|| rollout_error(RolloutError::NoCandidate(name.clone())))?;
+    if let Some(dir) = s.plugins.dir() {
+        let _ = tokio::fs::remove_file(dir.join(format!("{name}{CANDIDATE_SUFFIX}.wasm"))).await;
+    }
+    Ok(Json(json!({ "plugin": name, "withdrawn": version })).into_response())
+}
+
+/// `POST /plugins/{name}/promote`.
+pub async fn promote(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, true)?;
+    let t = s.plugins.promote(&name).await.map_err(rollout_error)?;
+    Ok(Json(t).into_response())
+}
+
+/// `POST /plugins/{name}/rollback`.
+pub async fn rollback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, true)?;
+    let t = s.plugins.rollback(&name).await.map_err(rollout_error)?;
+    Ok(Json(t).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DryRunBody {
+    version: Option<String>,
+    event: Value,
+    /// `{ "order": { "<id>": {..} }, "shipment": {..} }`: the only live state the call sees.
+    context: Option<BTreeMap<String, BTreeMap<String, Value>>>,
+}
+
+/// `POST /plugins/{name}/dry-run`: the decision of a chosen version for one event, with no
+/// effect on any event, queue or store.
+pub async fn dry_run(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, true)?;
+    let body: DryRunBody = parse_json(&body)?;
+    let version = s
+        .plugins
+        .resolve(&name, &Which::parse(body.version.as_deref()))
+        .map_err(rollout_error)?;
+    let mut event = body.event;
+    let Some(obj) = event.as_object_mut() else {
+        return Err(bad_request(
+            "invalid_event",
+            "`event` must be a JSON object",
+        ));
+    };
+    let event_id = format!("dry-run-{}", uuid::Uuid::new_v4().simple());
+    obj.entry("eventId").or_insert_with(|| json!(event_id));
+    obj.entry("payload").or_insert_with(|| json!({}));
+    let attempt = match obj.get("attempt") {
+        None => 1,
+        Some(a) => a
+            .as_u64()
+            .and_then(|a| u32::try_from(a).ok())
+            .filter(|a| *a >= 1)
+            .ok_or_else(|| bad_request("invalid_event", "`attempt` must be a positive integer"))?,
+    };
+    let received_at_ms = obj
+        .get("receivedAtMs")
+        .and_then(Value::as_u64)
+        .unwrap_or_else(crate::worker::now_ms);
+    let incoming = IncomingEvent::parse(event.to_string().as_bytes())
+        .map_err(|e| bad_request("invalid_event", e.to_string()))?;
+    let request = RouteRequest {
+        correlation_id: format!("dry-run:{}", incoming.event_id),
+        event_id: incoming.event_id,
+        event_type: incoming.event_type,
+        payload: incoming.payload,
+        received_at_ms,
+        attempt,
+    };
+    let context: Option<SharedContext> = body.context.map(|kinds| {
+        let mut docs = BTreeMap::new();
+        for (kind, ids) in kinds {
+            for (id, doc) in ids {
+                docs.insert((kind.clone(), id), doc.to_string());
+            }
+        }
+        Arc::new(StaticContext(docs)) as SharedContext
+    });
+    let (answer, duration_ms) = s.plugins.dry_run(&version, &request, context).await;
+    tracing::info!(plugin = %name, version = crate::plugin::short_version(&version.id().version),
+        event_id = %request.event_id, "dry run");
+    Ok(Json(json!({
+        "plugin": version.id(),
+        "role": version.role,
+        "eventId": request.event_id,
+        "durationMs": duration_ms,
+        "result": answer,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WhatIfBody {
+    /// Defaults to the candidate.
+    version: Option<String>,
+    #[serde(default)]
+    filter: ScanFilter,
+    /// `events` (the state store; default) or `dlq` (the dead-letter queue).
+    source: Option<String>,
+    limit: Option<usize>,
+    /// Differences listed in the answer (all are counted).
+    samples: Option<usize>,
+}
+
+/// One event to replay and what happened to it.
+struct Past {
+    request: RouteRequest,
+    state: &'static str,
+    happened: Answer,
+}
+
+/// `POST /plugins/{name}/what-if`: replays a slice of stored events (those its type sends to
+/// this plugin now) through a chosen version as dry runs and reports how the decisions differ
+/// from what happened. Lookups read today's live state.
+pub async fn what_if(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, true)?;
+    let body: WhatIfBody = parse_json(&body)?;
+    let version = s
+        .plugins
+        .resolve(
+            &name,
+            &Which::parse(Some(body.version.as_deref().unwrap_or("candidate"))),
+        )
+        .map_err(rollout_error)?;
+    let limit = body.limit.unwrap_or(200).clamp(1, MAX_WHAT_IF);
+    let samples = body.samples.unwrap_or(50).min(1000);
+    let past = match body.source.as_deref().unwrap_or("events") {
+        "events" => from_events(&s, &body.filter, limit).await?,
+        "dlq" => from_dlq(&s, &body.filter, limit).await?,
+        other => {
+            return Err(bad_request(
+                "invalid_source",
+                format!("source must be `events` or `dlq`, not {other:?}"),
+            ));
+        }
+    };
+    let examined = past.len();
+    let (past, other_plugin): (Vec<Past>, Vec<Past>) = past
+        .into_iter()
+        .partition(|p| s.plugins.plugin_for(&p.request.event_type).as_deref() == Some(&name));
+    let results: Vec<(Past, Answer)> = futures::stream::iter(past)
+        .map(|p| {
+            let (plugins, version) = (s.plugins.clone(), version.clone());
+            async move {
+                let (answer, _) = plugins.dry_run(&version, &p.request, None).await;
+                (p, answer)
+            }
+        })
+        .buffered(WHAT_IF_PARALLEL)
+        .collect()
+        .await;
+    Ok(Json(report(
+        &version,
+        examined,
+        other_plugin.len(),
+        results,
+        samples,
+    ))
+    .into_response())
+}
+
+fn report(
+    version: &Resolved,
+    examined: usize,
+    other_plugin: usize,
+    results: Vec<(Past, Answer)>,
+    samples: usize,
+) -> Value {
+    let mut changes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut diffs = Vec::new();
+    let replayed = results.len();
+    for (past, now) in results {
+        let change = match (&past.happened.decision, &now.decision) {
+            _ if past.happened.same_effect(&now) => continue,
+            (Some(_), Some(_)) => "decisionChanged",
+            (Some(_), None) => "nowFails",
+            (None, Some(_)) => "nowRouted",
+            (None, None) => "errorChanged",
+        };
+        *changes.entry(change).or_default() += 1;
+        if diffs.len() < samples {
+            diffs.push(json!({
+                "eventId": past.request.event_id,
+                "type": past.request.event_type,
+                "state": past.state,
+                "change": change,
+                "before": past.happened,
+                "after": now,
+            }));
+        }
+    }
+    let changed: u64 = changes.values().sum();
+    json!({
+        "plugin": version.id(),
+        "role": version.role,
+        "examined": examined,
+        "otherPlugin": other_plugin,
+        "replayed": replayed,
+        "same": replayed as u64 - changed,
+        "changed": changed,
+        "changes": changes,
+        "diffs": diffs,
+    })
+}
+
+async fn from_events(
+    s: &AppState,
+    filter: &ScanFilter,
+    limit: usize,
+) -> Result<Vec<Past>, ApiError> {
+    if filter.state == Some(EventState::RoutingPending) {
+        return Err(bad_request(
+            "invalid_filter",
+            "state must be ROUTED or FAILED: a pending event has no outcome to compare with",
+        ));
+    }
+    let events = s
+        .state
+        .scan(filter, limit)
+        .await
+        .map_err(|e| ApiError::unavailable("the state store", &e))?;
+    Ok(events
+        .into_iter()
+        .map(|e| {
+            let r = e.record;
+            let happened = match (&r.state, &r.decision) {
+                (EventState::Routed, Some(d)) => Answer::of(&Ok(d.clone())),
+                _ => Answer {
+                    decision: None,
+                    error_kind: r.history.last().and_then(|a| a.error_kind.clone()),
+                    error: r.error.clone(),
+                },
+            };
+            Past {
+                request: RouteRequest {
+                    correlation_id: format!("what-if:{}", r.correlation_id),
+                    event_id: r.event_id,
+                    event_type: r.event_type,
+                    payload: e.payload,
+                    received_at_ms: r.received_at_ms,
+                    // The attempt that produced the outcome, so that a plugin that depends on
+                    // it answers as it did then.
+                    attempt: r.attempts.max(1),
+                },
+                state: r.state.as_str(),
+                happened,
+            }
+        })
+        .collect())
+}
+
+async fn from_dlq(s: &AppState, filter: &ScanFilter, limit: usize) -> Result<Vec<Past>, ApiError> {
+    let mut found = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = s
+            .queue
+            .dead_letters(cursor.as_deref(), 500)
+            .await
+            .map_err(|e| ApiError::unavailable("the queue", &e))?;
+        let last = page.last().map(|l| l.id.clone());
+        let full = page.len() == 500;
+        for l in page {
+            let j = &l.job;
+            let in_range = filter
+                .event_type
+                .as_ref()
+                .is_none_or(|t| *t == j.event_type)
+                && filter.from_ms.is_none_or(|f| j.received_at_ms >= f)
+                && filter.to_ms.is_none_or(|t| j.received_at_ms < t);
+            if !in_range || found.len() == limit {
+                continue;
+            }
+            found.push(Past {
+                request: RouteRequest {
+                    correlation_id: format!("what-if:{}", j.correlation_id),
+                    event_id: j.event_id.clone(),
+                    event_type: j.event_type.clone(),
+                    payload: j.payload.clone(),
+                    received_at_ms: j.received_at_ms,
+                    attempt: j.attempt.max(1),
+                },
+                state: EventState::Failed.as_str(),
+                happened: Answer {
+                    decision: None,
+                    error_kind: Some(l.error_kind.clone()),
+                    error: Some(l.error.clone()),
+                },
+            });
+        }
+        if !full || found.len() == limit {
+            return Ok(found);
+        }
+        cursor = last;
+    }
+}
