@@ -91,6 +91,38 @@ pub async fn plugin(opts: PluginBench) -> anyhow::Result<()> {
         samples.last().copied().unwrap_or_default().as_secs_f64() * 1e6,
     );
 
+    // The same with a candidate shadowing every call: the live answer does not wait for it.
+    std::fs::copy(&opts.alternate, dir.path().join("bench.next.wasm"))?;
+    host.load_file(&dir.path().join("bench.next.wasm"))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut shadowed = Vec::with_capacity(opts.calls as usize);
+    for i in 0..u64::from(opts.calls) {
+        let t = Instant::now();
+        host.route(&request(i)).await.result?;
+        shadowed.push(t.elapsed());
+    }
+    shadowed.sort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shadow = host
+        .status()
+        .into_iter()
+        .find(|p| p.name == "bench")
+        .and_then(|p| p.candidate)
+        .map(|c| c.shadow)
+        .ok_or_else(|| anyhow::anyhow!("the candidate did not load"))?;
+    println!(
+        "plugin call with a shadowing candidate ({} sequential calls): p50 {:.1} µs, p99 {:.1} µs; shadow calls compared {}, skipped {}",
+        opts.calls,
+        percentile(&shadowed, 0.50).as_secs_f64() * 1e6,
+        percentile(&shadowed, 0.99).as_secs_f64() * 1e6,
+        shadow.compared,
+        shadow.skipped,
+    );
+    host.withdraw_candidate("bench", "benchmark step done")
+        .await;
+    std::fs::remove_file(dir.path().join("bench.next.wasm"))?;
+
     // Reload: write the other version, measure until it serves, with calls running throughout.
     let stop = CancellationToken::new();
     let watcher = crate::plugin::watch::spawn(host.clone(), stop.clone())?;
