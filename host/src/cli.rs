@@ -142,6 +142,10 @@ pub async fn run(
             .as_millis() as u64,
         attempt: ev.attempt.unwrap_or(1),
     };
+    let ordering_key = match host.ordering_key(&request).await {
+        Ok(key) => serde_json::json!(key.map(|(_, k)| k)),
+        Err(e) => serde_json::json!({ "error": { "kind": e.kind(), "message": e.to_string() } }),
+    };
     let started = std::time::Instant::now();
     let outcome = host.route(&request).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -155,6 +159,9 @@ pub async fn run(
     let mut body = body;
     body["plugin"] = serde_json::json!({ "name": info.name, "version": info.version });
     body["elapsedMs"] = serde_json::json!((elapsed_ms * 10.0).round() / 10.0);
+    if host.is_keyed(&request.event_type) {
+        body["orderingKey"] = ordering_key;
+    }
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(ok)
 }

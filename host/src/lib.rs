@@ -12,6 +12,7 @@ pub mod event;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod ordering;
 pub mod plugin;
 pub mod queue;
 pub mod retry;

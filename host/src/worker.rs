@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::ordering::{Sequencer, Ticket};
 use crate::plugin::PluginHost;
 use crate::queue::{Delivery, Queue};
 use crate::retry::RetryPolicy;
@@ -98,6 +99,20 @@ struct Inner {
     tracker: TaskTracker,
     /// Queue entries this process is working on (a reclaim must not start them twice).
     active: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Per-key order for plugins that choose ordering keys.
+    sequencer: Sequencer,
+    /// Cancelled when the pool stops: deliveries waiting for their key stay queued.
+    stopping: CancellationToken,
+}
+
+/// How recording an outcome ended.
+enum Recorded {
+    /// The outcome is stored.
+    Done,
+    /// Another delivery holds the event now.
+    Lost,
+    /// Put back for a later try at this time (ms since the epoch).
+    Deferred(u64),
 }
 
 const FETCH_WAIT: Duration = Duration::from_millis(500);
@@ -128,6 +143,8 @@ impl Workers {
                 limiter,
                 tracker: TaskTracker::new(),
                 active: Default::default(),
+                sequencer: Sequencer::default(),
+                stopping: CancellationToken::new(),
             }),
         }
     }
@@ -142,6 +159,7 @@ impl Workers {
             self.promote_loop(&stop),
             self.reclaim_loop(&stop)
         );
+        inner.stopping.cancel();
         inner.tracker.close();
         let in_flight = inner.tracker.len();
         if tokio::time::timeout(inner.settings.shutdown_grace, inner.tracker.wait())
@@ -244,6 +262,12 @@ impl Workers {
             if let Some(limiter) = &self.inner.limiter {
                 limiter.until_ready().await;
             }
+            // Tickets are taken here, in queue order, for events whose plugin orders by key.
+            let ticket = self
+                .inner
+                .plugins
+                .is_keyed(&d.job.event_type)
+                .then(|| self.inner.sequencer.register());
             let span = tracing::info_span!(
                 "event",
                 event_id = %d.job.event_id,
@@ -257,14 +281,13 @@ impl Workers {
             self.inner.tracker.spawn(
                 async move {
                     let id = d.id.clone();
-                    inner.process(d).await;
+                    inner.deliver(d, permit, ticket).await;
                     inner
                         .active
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&id);
                     inner.stats.in_progress.fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
                 }
                 .instrument(span),
             );
@@ -273,14 +296,71 @@ impl Workers {
 }
 
 impl Inner {
-    async fn process(&self, d: Delivery) {
+    /// Processes one delivery; for a plugin with ordering keys, first waits for the event's turn
+    /// on its key (without holding a worker slot while it waits).
+    async fn deliver(&self, d: Delivery, permit: OwnedSemaphorePermit, ticket: Option<Ticket>) {
+        let mut permit = Some(permit);
+        let mut key_error = None;
+        let mut turn = None;
+        if let Some(ticket) = ticket {
+            match self.plugins.ordering_key(&d.job.route_request()).await {
+                Ok(key) => {
+                    let key = key.map(|(plugin, key)| format!("{plugin}/{key}"));
+                    let entered = self
+                        .sequencer
+                        .enter(ticket, key, &d.job.event_id, &self.stopping, || {
+                            permit.take();
+                        })
+                        .await;
+                    let Some(entered) = entered else {
+                        tracing::info!(
+                            "shutting down: the delivery waiting for its ordering key stays queued"
+                        );
+                        return;
+                    };
+                    turn = entered;
+                    if permit.is_none() {
+                        match self.permits.clone().acquire_owned().await {
+                            Ok(p) => permit = Some(p),
+                            Err(_) => return,
+                        }
+                    }
+                }
+                Err(e) => {
+                    drop(ticket);
+                    key_error = Some(e);
+                }
+            }
+        }
+        let comes_back = self.process(&d, key_error).await;
+        if let Some(turn) = turn {
+            match comes_back {
+                Some(due_ms) => {
+                    let wait = Duration::from_millis(due_ms.saturating_sub(now_ms()));
+                    turn.hold(
+                        tokio::time::Instant::now() + wait + self.settings.visibility_timeout,
+                    );
+                }
+                None => turn.release(),
+            }
+        }
+        drop(permit);
+    }
+
+    /// Claims, routes and finishes one delivery. Returns when the event comes back for another
+    /// try (ms since the epoch), or `None` when this delivery is done with it.
+    async fn process(
+        &self,
+        d: &Delivery,
+        key_error: Option<crate::plugin::PluginError>,
+    ) -> Option<u64> {
         let job = &d.job;
         // The lease owner is this attempt alone: a reclaimed copy of the same queue entry (same
         // id) elsewhere cannot take over a lease that is still live.
         let owner = format!("{}/{}", d.id, uuid::Uuid::new_v4().simple());
         let claim = match self.state.claim(job, &owner, self.settings.lease).await {
             Ok(c) => c,
-            Err(e) => return self.defer(&d, &e).await,
+            Err(e) => return Some(self.defer(d, &e).await),
         };
         match claim {
             Claim::Claimed => {}
@@ -288,19 +368,28 @@ impl Inner {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::event(&job.event_type, "duplicate");
                 tracing::info!("duplicate delivery of a routed event: not routed again");
-                return self.finish_queue(self.queue.ack(&d).await);
+                self.finish_queue(self.queue.ack(d).await);
+                return None;
             }
             Claim::Busy => {
                 // Another delivery holds the event. Keep this one until that one finishes (it
                 // then reads as a duplicate) or its lease runs out (then this one routes it).
-                return self
-                    .defer(&d, &"the event is being routed by another delivery")
-                    .await;
+                return Some(
+                    self.defer(d, &"the event is being routed by another delivery")
+                        .await,
+                );
             }
         }
 
         let started = Instant::now();
-        let outcome = self.plugins.route(&job.route_request()).await;
+        let outcome = match key_error {
+            // The ordering-key call failed: this attempt failed like a failed route.
+            Some(e) => crate::plugin::RouteOutcome {
+                plugin: None,
+                result: Err(e),
+            },
+            None => self.plugins.route(&job.route_request()).await,
+        };
         let mut attempt = Attempt {
             attempt: job.attempt,
             at_ms: now_ms(),
@@ -328,9 +417,9 @@ impl Inner {
                     .plugin
                     .clone()
                     .expect("a decision comes from a plugin");
-                if self
+                match self
                     .record(
-                        &d,
+                        d,
                         &owner,
                         Finish::Routed {
                             decision,
@@ -340,16 +429,20 @@ impl Inner {
                     )
                     .await
                 {
-                    self.stats.routed.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::event(&job.event_type, "routed");
-                    tracing::info!(
-                        destination,
-                        plugin_version,
-                        duration_ms = started.elapsed().as_millis() as u64,
-                        "event routed"
-                    );
-                    self.finish_queue(self.queue.ack(&d).await);
+                    Recorded::Done => {}
+                    Recorded::Lost => return None,
+                    Recorded::Deferred(due) => return Some(due),
                 }
+                self.stats.routed.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::event(&job.event_type, "routed");
+                tracing::info!(
+                    destination,
+                    plugin_version,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "event routed"
+                );
+                self.finish_queue(self.queue.ack(d).await);
+                None
             }
             Err(err) => {
                 attempt.error_kind = Some(err.kind().to_string());
@@ -363,20 +456,22 @@ impl Inner {
                     let due = now_ms() + delay.as_millis() as u64;
                     attempt.outcome = "retry".into();
                     attempt.next_attempt_at_ms = Some(due);
-                    if self.record(&d, &owner, Finish::Retry { attempt }).await {
-                        self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                        crate::metrics::event(&job.event_type, "retried");
-                        tracing::warn!(error = %err, kind = err.kind(), plugin_version, retry_in_ms = delay.as_millis() as u64, "routing failed; retry scheduled");
-                        self.finish_queue(
-                            self.queue.retry_later(&d, &job.next_attempt(), due).await,
-                        );
+                    match self.record(d, &owner, Finish::Retry { attempt }).await {
+                        Recorded::Done => {}
+                        Recorded::Lost => return None,
+                        Recorded::Deferred(due) => return Some(due),
                     }
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::event(&job.event_type, "retried");
+                    tracing::warn!(error = %err, kind = err.kind(), plugin_version, retry_in_ms = delay.as_millis() as u64, "routing failed; retry scheduled");
+                    self.finish_queue(self.queue.retry_later(d, &job.next_attempt(), due).await);
+                    Some(due)
                 } else {
                     attempt.outcome = "failed".into();
                     let error = err.to_string();
-                    if self
+                    match self
                         .record(
-                            &d,
+                            d,
                             &owner,
                             Finish::Failed {
                                 error: error.clone(),
@@ -385,35 +480,37 @@ impl Inner {
                         )
                         .await
                     {
-                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                        crate::metrics::event(&job.event_type, "dead_lettered");
-                        tracing::error!(error = %err, kind = err.kind(), plugin_version, attempts = job.attempt, "routing failed for good; dead-lettered");
-                        self.finish_queue(self.queue.dead_letter(&d, err.kind(), &error).await);
+                        Recorded::Done => {}
+                        Recorded::Lost => return None,
+                        Recorded::Deferred(due) => return Some(due),
                     }
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::event(&job.event_type, "dead_lettered");
+                    tracing::error!(error = %err, kind = err.kind(), plugin_version, attempts = job.attempt, "routing failed for good; dead-lettered");
+                    self.finish_queue(self.queue.dead_letter(d, err.kind(), &error).await);
+                    None
                 }
             }
         }
     }
 
-    /// Writes the outcome; `false` when the delivery must not be finished in the queue by us.
-    async fn record(&self, d: &Delivery, owner: &str, finish: Finish) -> bool {
+    /// Writes the outcome; anything but `Done` means the delivery must not be finished in the
+    /// queue by us.
+    async fn record(&self, d: &Delivery, owner: &str, finish: Finish) -> Recorded {
         match self.state.finish(&d.job.event_id, owner, finish).await {
-            Ok(true) => true,
+            Ok(true) => Recorded::Done,
             Ok(false) => {
                 tracing::warn!("lease lost to another delivery; leaving the event to it");
                 self.finish_queue(self.queue.ack(d).await);
-                false
+                Recorded::Lost
             }
-            Err(e) => {
-                self.defer(d, &e).await;
-                false
-            }
+            Err(e) => Recorded::Deferred(self.defer(d, &e).await),
         }
     }
 
     /// Puts the delivery back for later without spending an attempt (the state store failed,
     /// or another delivery holds the event).
-    async fn defer(&self, d: &Delivery, reason: &(dyn std::fmt::Display + Sync)) {
+    async fn defer(&self, d: &Delivery, reason: &(dyn std::fmt::Display + Sync)) -> u64 {
         self.stats.deferred.fetch_add(1, Ordering::Relaxed);
         crate::metrics::event(&d.job.event_type, "deferred");
         let due = now_ms() + self.settings.backend_retry_delay.as_millis() as u64;
@@ -422,6 +519,7 @@ impl Inner {
         if let Err(e) = self.queue.retry_later(d, &d.job, due).await {
             tracing::warn!(error = %e, "queue unavailable too; the delivery stays pending and will be reclaimed");
         }
+        due
     }
 
     fn finish_queue(&self, r: Result<(), crate::queue::Error>) {

@@ -119,6 +119,23 @@ async fn shadow_counts_the_known_disagreements_and_never_decides() {
             _ => assert_eq!(s["candidate"]["errorKind"], "trap", "{s}"),
         }
     }
+    // The overview shows the counts; the sampled decisions need the admin token.
+    let overview = reqwest::get(format!("{}/plugins", gw.url))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let router = overview["rollout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "router")
+        .unwrap();
+    assert_eq!(router["candidate"]["shadow"]["differed"], 15);
+    assert_eq!(router["candidate"]["shadow"]["samples"], json!([]));
+    let anonymous = c.admin(Method::GET, "/plugins/router", None, None).await;
+    assert_eq!(anonymous.status, 401);
     let metrics = reqwest::get(format!("{}/metrics", gw.url))
         .await
         .unwrap()

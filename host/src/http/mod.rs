@@ -126,7 +126,13 @@ async fn plugins(State(s): State<AppState>) -> impl IntoResponse {
         "routes": routes,
         "default": default,
         "rejections": s.plugins.rejections(),
-        "rollout": s.plugins.status(),
+        // Counts only: the sampled decisions are behind the token, in `GET /plugins/{name}`.
+        "rollout": s.plugins.status().into_iter().map(|mut p| {
+            if let Some(c) = &mut p.candidate {
+                c.shadow.samples.clear();
+            }
+            p
+        }).collect::<Vec<_>>(),
     }))
 }
 

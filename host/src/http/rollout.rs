@@ -77,11 +77,14 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
     serde_json::from_slice(body).map_err(|e| bad_request("invalid_body", e.to_string()))
 }
 
-/// `GET /plugins/{name}`: versions, shadow comparison, watch and history of one plugin.
+/// `GET /plugins/{name}`: versions, shadow comparison (with samples), watch and history of one
+/// plugin. Needs the admin token when one is set.
 pub async fn status(
     State(s): State<AppState>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    authorize(&s, &headers, false)?;
     s.plugins
         .status()
         .into_iter()
@@ -236,6 +239,10 @@ pub async fn dry_run(
         Arc::new(StaticContext(docs)) as SharedContext
     });
     let (answer, duration_ms) = s.plugins.dry_run(&version, &request, context).await;
+    let ordering_key = match s.plugins.dry_run_key(&version, &request).await {
+        Ok(k) => json!(k),
+        Err(e) => json!({ "errorKind": e.kind(), "error": e.to_string() }),
+    };
     tracing::info!(plugin = %name, version = crate::plugin::short_version(&version.id().version),
         event_id = %request.event_id, "dry run");
     Ok(Json(json!({
@@ -244,6 +251,7 @@ pub async fn dry_run(
         "eventId": request.event_id,
         "durationMs": duration_ms,
         "result": answer,
+        "orderingKey": ordering_key,
     }))
     .into_response())
 }

@@ -335,6 +335,37 @@ impl PluginHost {
         }
     }
 
+    /// True when the plugin that routes `event_type` chooses ordering keys (`keyed-router`).
+    pub fn is_keyed(&self, event_type: &str) -> bool {
+        self.inner
+            .registry
+            .load()
+            .select(event_type)
+            .is_some_and(|p| p.prepared.is_keyed())
+    }
+
+    /// The ordering key the plugin that routes `request` chooses for it, as (plugin, key);
+    /// `None` when it chooses none (or is a plain `router`).
+    pub async fn ordering_key(
+        &self,
+        request: &RouteRequest,
+    ) -> Result<Option<(String, String)>, PluginError> {
+        let registry = self.inner.registry.load_full();
+        let Some(plugin) = registry.select(&request.event_type).cloned() else {
+            return Ok(None);
+        };
+        let name = plugin.info.name.as_str();
+        let config = registry.manifest.config_for(name);
+        drop(registry);
+        let call = self.call_context(name, &plugin.info.version, request, config, None);
+        let key = self
+            .inner
+            .sandbox
+            .ordering_key(&plugin.prepared, call, request)
+            .await?;
+        Ok(key.map(|k| (name.to_string(), k)))
+    }
+
     /// Runs `request` through the candidate in a side slot, after the live call, and counts how
     /// its answer compares with the active one. Never waits: without a free slot it is skipped.
     fn shadow(

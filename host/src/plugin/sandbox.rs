@@ -11,6 +11,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::bindings::keyed::KeyedRouterPre;
 use super::bindings::switchyard::router::{
     config as wit_config, context as wit_context, log as wit_log,
 };
@@ -78,6 +79,31 @@ impl std::fmt::Debug for Sandbox {
 #[derive(Clone)]
 pub(crate) struct Prepared {
     pre: RouterPre<HostState>,
+    /// Set when the component targets `keyed-router` (it exports `ordering-key`).
+    keyed: Option<KeyedRouterPre<HostState>>,
+}
+
+impl Prepared {
+    /// True when the plugin chooses ordering keys.
+    pub(crate) fn is_keyed(&self) -> bool {
+        self.keyed.is_some()
+    }
+}
+
+/// Longest ordering key accepted, in bytes.
+pub const MAX_ORDERING_KEY: usize = 256;
+
+/// Which export a call runs.
+#[derive(Clone, Copy)]
+enum Export {
+    Route,
+    OrderingKey,
+}
+
+/// What an export answered.
+enum Reply {
+    Route(Result<wit::Decision, wit::RouteError>),
+    Key(Option<String>),
 }
 
 impl Sandbox {
@@ -140,10 +166,11 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| format!("imports something the host does not provide: {e:#}"))?;
+        let keyed = KeyedRouterPre::new(pre.clone()).ok();
         let pre = RouterPre::new(pre).map_err(|e| {
             format!("does not export the switchyard:router `route` function: {e:#}")
         })?;
-        Ok(Prepared { pre })
+        Ok(Prepared { pre, keyed })
     }
 
     /// The imports and exports of a component, as names (for `plugin check`).
@@ -173,7 +200,58 @@ impl Sandbox {
             .acquire()
             .await
             .map_err(|_| PluginError::Instantiate("sandbox closed".into()))?;
-        self.run(plugin, call, request).await
+        self.route(plugin, call, request).await
+    }
+
+    /// Asks a `keyed-router` plugin for the event's ordering key, in a fresh sandbox on a live
+    /// slot; `None` for a plain `router` plugin or an empty key.
+    pub(crate) async fn ordering_key(
+        &self,
+        plugin: &Prepared,
+        call: CallContext,
+        request: &RouteRequest,
+    ) -> Result<Option<String>, PluginError> {
+        if !plugin.is_keyed() {
+            return Ok(None);
+        }
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| PluginError::Instantiate("sandbox closed".into()))?;
+        self.key(plugin, call, request).await
+    }
+
+    /// Like [`Self::ordering_key`], beside live traffic in the side slot `_slot`.
+    pub(crate) async fn ordering_key_side(
+        &self,
+        _slot: &SideSlot,
+        plugin: &Prepared,
+        call: CallContext,
+        request: &RouteRequest,
+    ) -> Result<Option<String>, PluginError> {
+        if !plugin.is_keyed() {
+            return Ok(None);
+        }
+        self.key(plugin, call, request).await
+    }
+
+    async fn key(
+        &self,
+        plugin: &Prepared,
+        call: CallContext,
+        request: &RouteRequest,
+    ) -> Result<Option<String>, PluginError> {
+        match self.run(plugin, call, request, Export::OrderingKey).await? {
+            Reply::Key(Some(k)) if k.len() > MAX_ORDERING_KEY => {
+                Err(PluginError::InvalidDecision(format!(
+                    "ordering key of {} bytes; at most {MAX_ORDERING_KEY}",
+                    k.len()
+                )))
+            }
+            Reply::Key(k) => Ok(k.filter(|k| !k.is_empty())),
+            Reply::Route(_) => unreachable!("asked for the ordering key"),
+        }
     }
 
     /// A side slot if one is free now (shadow calls are skipped rather than queued).
@@ -203,7 +281,26 @@ impl Sandbox {
         call: CallContext,
         request: &RouteRequest,
     ) -> Result<Decision, PluginError> {
-        self.run(plugin, call, request).await
+        self.route(plugin, call, request).await
+    }
+
+    async fn route(
+        &self,
+        plugin: &Prepared,
+        call: CallContext,
+        request: &RouteRequest,
+    ) -> Result<Decision, PluginError> {
+        let limits = &*self.limits;
+        match self.run(plugin, call, request, Export::Route).await? {
+            Reply::Route(Err(wit::RouteError::Transient(m))) => {
+                Err(PluginError::Transient(clip(m)))
+            }
+            Reply::Route(Err(wit::RouteError::Permanent(m))) => {
+                Err(PluginError::Permanent(clip(m)))
+            }
+            Reply::Route(Ok(d)) => validate(d, limits.max_decision_bytes),
+            Reply::Key(_) => unreachable!("asked for a decision"),
+        }
     }
 
     async fn run(
@@ -211,7 +308,8 @@ impl Sandbox {
         plugin: &Prepared,
         call: CallContext,
         request: &RouteRequest,
-    ) -> Result<Decision, PluginError> {
+        export: Export,
+    ) -> Result<Reply, PluginError> {
         let limits = &*self.limits;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
@@ -238,16 +336,34 @@ impl Sandbox {
             attempt: request.attempt,
         };
 
+        let instantiate = |e: wasmtime::Error| Failure::Instantiate(format!("{e:#}"));
         let run = async {
-            let router = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| Failure::Instantiate(format!("{e:#}")))?;
-            router
-                .call_route(&mut store, &event)
-                .await
-                .map_err(Failure::Guest)
+            match (export, &plugin.keyed) {
+                (Export::OrderingKey, Some(keyed)) => {
+                    let router = keyed
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(instantiate)?;
+                    router
+                        .call_ordering_key(&mut store, &event)
+                        .await
+                        .map(Reply::Key)
+                        .map_err(Failure::Guest)
+                }
+                (Export::OrderingKey, None) => Ok(Reply::Key(None)),
+                (Export::Route, _) => {
+                    let router = plugin
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(instantiate)?;
+                    router
+                        .call_route(&mut store, &event)
+                        .await
+                        .map(Reply::Route)
+                        .map_err(Failure::Guest)
+                }
+            }
         };
         let outcome = tokio::time::timeout(limits.call_timeout, run).await;
         match outcome {
@@ -266,9 +382,7 @@ impl Sandbox {
                 ))
             }
             Ok(Err(Failure::Guest(e))) => Err(PluginError::Trap(describe_trap(&e, &stderr))),
-            Ok(Ok(Err(wit::RouteError::Transient(m)))) => Err(PluginError::Transient(clip(m))),
-            Ok(Ok(Err(wit::RouteError::Permanent(m)))) => Err(PluginError::Permanent(clip(m))),
-            Ok(Ok(Ok(d))) => validate(d, limits.max_decision_bytes),
+            Ok(Ok(reply)) => Ok(reply),
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Blocked, CANDIDATE_SUFFIX, Loaded, LoadedInfo, PluginHost, now_ms, short};
 use crate::plugin::rollout::{Action, Answer, HistoryEntry, ShadowSnapshot, WatchSnapshot};
-use crate::plugin::{PluginId, RouteRequest, SharedContext};
+use crate::plugin::{PluginError, PluginId, RouteRequest, SharedContext};
 
 /// Why a rollout operation could not be done.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -275,6 +275,37 @@ impl PluginHost {
             .find(|r| v.len() >= 8 && r.loaded.info.version.starts_with(v.as_str()))
             .ok_or_else(|| RolloutError::NoSuchVersion(name.into(), v.clone())),
         }
+    }
+
+    /// The ordering key a chosen version gives `request` (`None` for a plain `router`), computed
+    /// in a side slot.
+    pub async fn dry_run_key(
+        &self,
+        version: &Resolved,
+        request: &RouteRequest,
+    ) -> Result<Option<String>, PluginError> {
+        let loaded = &version.loaded;
+        if !loaded.prepared.is_keyed() {
+            return Ok(None);
+        }
+        let config = self
+            .inner
+            .registry
+            .load()
+            .manifest
+            .config_for(&loaded.info.name);
+        let call = self.call_context(
+            &loaded.info.name,
+            &loaded.info.version,
+            request,
+            config,
+            None,
+        );
+        let slot = self.inner.sandbox.side_slot().await?;
+        self.inner
+            .sandbox
+            .ordering_key_side(&slot, &loaded.prepared, call, request)
+            .await
     }
 
     /// Runs `request` through a chosen version in a side slot, with no effect on any event:
