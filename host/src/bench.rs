@@ -119,7 +119,7 @@ pub async fn plugin(opts: PluginBench) -> anyhow::Result<()> {
         shadow.compared,
         shadow.skipped,
     );
-    host.withdraw_candidate("bench", "benchmark step done")
+    host.withdraw_candidate("bench", "benchmark step done", false)
         .await;
     std::fs::remove_file(dir.path().join("bench.next.wasm"))?;
 

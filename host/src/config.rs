@@ -243,8 +243,8 @@ impl Config {
             "LEASE_MS must exceed PLUGIN_TIMEOUT_MS"
         );
         anyhow::ensure!(
-            self.side_calls_max <= 4096,
-            "SIDE_CALLS_MAX must be at most 4096"
+            (1..=4096).contains(&self.side_calls_max),
+            "SIDE_CALLS_MAX must be between 1 and 4096"
         );
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.rollback_max_failure_rate),

@@ -211,6 +211,7 @@ async fn promotion_and_rollback_under_load_lose_no_event() {
     assert_eq!(sha_of_file(&dir.file("router")), v1);
     pause().await;
     let forth = c.post_admin("/plugins/router/rollback", json!({})).await;
+    assert_eq!(forth.status, 200, "{}", forth.body);
     assert_eq!(forth.body["version"], v2.as_str());
     pause().await;
     // Rolling back by restoring the previous file: the warm version serves again at once.
@@ -253,6 +254,17 @@ async fn promotion_and_rollback_under_load_lose_no_event() {
         ]
     );
     assert_eq!(status["previous"]["version"], v2.as_str());
+
+    // Promotion by renaming the candidate's file onto the plugin's.
+    dir.install("router.next", "rollout-v2");
+    wait_plugin(&c, "router", |p| p["candidate"]["version"] == v2.as_str()).await;
+    std::fs::rename(dir.file("router.next"), dir.file("router")).unwrap();
+    let status = wait_plugin(&c, "router", |p| {
+        p["active"]["version"] == v2.as_str() && p["candidate"].is_null()
+    })
+    .await;
+    assert_eq!(actions(&status).last().unwrap(), "promoted", "{status}");
+    assert_eq!(status["previous"]["version"], v1.as_str());
     gw.stop().await.unwrap();
 }
 
@@ -267,7 +279,7 @@ async fn a_failing_version_is_rolled_back_automatically_without_a_failed_event()
         rollback_window_ms: 60_000,
         ..gateway_config(dir.path())
     };
-    let gw = Gateway::start(config).await;
+    let gw = Gateway::start(config.clone()).await;
     let c = gw.client();
     // A new build with a bug, deployed by writing its file.
     dir.install("router", "rollout-v2");
@@ -337,6 +349,16 @@ async fn a_failing_version_is_rolled_back_automatically_without_a_failed_event()
         c.get("/plugins/router").await.body["active"]["version"],
         v1.as_str()
     );
+    // ...its file is set aside and the serving version put back, so a restart serves v1 too.
+    assert_eq!(sha_of_file(&dir.file("router")), v1);
+    assert_eq!(sha_of_file(&dir.path().join("router.wasm.refused")), v2);
+    gw.stop().await.unwrap();
+    let gw = Gateway::start(config).await;
+    let c = gw.client();
+    assert_eq!(
+        c.get("/plugins/router").await.body["active"]["version"],
+        v1.as_str()
+    );
     // ...but an operator may stage it through the API and promote it on purpose.
     let bytes = std::fs::read(plugin("rollout-v2")).unwrap();
     let staged = c
@@ -368,6 +390,22 @@ async fn dry_runs_answer_with_the_chosen_version_and_change_nothing() {
     let c = gw.client();
     wait_plugin(&c, "router", |p| p["candidate"]["version"] == v2.as_str()).await;
     let before = c.wait_idle(Duration::from_secs(10)).await;
+
+    // A refused upload leaves the candidate that is shadowing alone.
+    let refused = c
+        .admin(
+            Method::PUT,
+            "/plugins/router/candidate",
+            Some(b"not a component".to_vec()),
+            Some(TEST_ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "rejected");
+    assert_eq!(sha_of_file(&dir.file("router.next")), v2);
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the watcher's debounce
+    let status = c.get("/plugins/router").await.body;
+    assert_eq!(status["candidate"]["version"], v2.as_str(), "{status}");
 
     let dry = |name: &str, body: Value| {
         let (c, path) = (c.clone(), format!("/plugins/{name}/dry-run"));
@@ -547,7 +585,8 @@ async fn what_if_reports_the_expected_diffs(config: switchyard::Config, dir: &Pl
     );
     let r = what_if(json!({ "limit": 5, "samples": 1 })).await;
     assert_eq!(r["examined"], 5, "{r}");
-    assert!(r["diffs"].as_array().unwrap().len() <= 1);
+    assert_eq!(r["diffs"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["complete"], true);
     let far_future = json!({ "filter": { "fromMs": 32_503_680_000_000u64 } });
     assert_eq!(what_if(far_future).await["examined"], 0);
 

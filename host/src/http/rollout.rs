@@ -27,8 +27,13 @@ use crate::state::{EventState, ScanFilter};
 pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
 /// What-if replays examine at most this many events per request.
 const MAX_WHAT_IF: usize = 5000;
-/// Dry runs of a what-if replay in flight at once (each also waits for a side slot).
-const WHAT_IF_PARALLEL: usize = 32;
+/// Dry runs of a what-if replay in flight at once (each also waits for a side slot), so that
+/// shadow comparisons keep most of the side slots.
+const WHAT_IF_PARALLEL: usize = 16;
+/// A what-if replay answers with what it has replayed after this long.
+const WHAT_IF_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+/// Dead-letter pages (of 500) a what-if replay reads at most.
+const MAX_DLQ_PAGES: usize = 200;
 
 fn rollout_error(e: RolloutError) -> ApiError {
     let status = match &e {
@@ -93,7 +98,8 @@ pub async fn status(
         .ok_or_else(|| rollout_error(RolloutError::NoSuchPlugin(name)))
 }
 
-/// `PUT /plugins/{name}/candidate`: stages a component (the body) as `<name>.next.wasm`.
+/// `PUT /plugins/{name}/candidate`: checks a component (the body) and, if the host accepts it,
+/// stages it as `<name>.next.wasm`. A refused upload leaves the current candidate alone.
 pub async fn stage(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -102,34 +108,13 @@ pub async fn stage(
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers, true)?;
     valid_name(&name)?;
-    let dir = s.plugins.dir().ok_or_else(|| {
-        ApiError::new(StatusCode::CONFLICT, "no_directory", "no plugins directory")
-    })?;
-    let path = dir.join(format!("{name}{CANDIDATE_SUFFIX}.wasm"));
-    let tmp = dir.join(format!(".{name}{CANDIDATE_SUFFIX}.upload"));
-    let written = async {
-        tokio::fs::write(&tmp, &body).await?;
-        tokio::fs::rename(&tmp, &path).await
-    }
-    .await;
-    if let Err(e) = written {
-        tracing::warn!(plugin = %name, error = %e, "cannot write the candidate's file");
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "write_failed",
-            "the candidate could not be written to the plugins directory",
-        ));
-    }
-    match s.plugins.load_file(&path).await {
+    match s.plugins.stage_candidate(&name, body.to_vec()).await {
         Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
-        Err(reason) => {
-            let _ = tokio::fs::remove_file(&path).await;
-            Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "rejected",
-                reason,
-            ))
-        }
+        Err(reason) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rejected",
+            reason,
+        )),
     }
 }
 
@@ -143,12 +128,9 @@ pub async fn withdraw(
     valid_name(&name)?;
     let version = s
         .plugins
-        .withdraw_candidate(&name, "admin call")
+        .withdraw_candidate(&name, "admin call", true)
         .await
         .ok_or_else(|| rollout_error(RolloutError::NoCandidate(name.clone())))?;
-    if let Some(dir) = s.plugins.dir() {
-        let _ = tokio::fs::remove_file(dir.join(format!("{name}{CANDIDATE_SUFFIX}.wasm"))).await;
-    }
     Ok(Json(json!({ "plugin": name, "withdrawn": version })).into_response())
 }
 
@@ -311,6 +293,7 @@ pub async fn what_if(
     let (past, other_plugin): (Vec<Past>, Vec<Past>) = past
         .into_iter()
         .partition(|p| s.plugins.plugin_for(&p.request.event_type).as_deref() == Some(&name));
+    let planned = past.len();
     let results: Vec<(Past, Answer)> = futures::stream::iter(past)
         .map(|p| {
             let (plugins, version) = (s.plugins.clone(), version.clone());
@@ -320,16 +303,13 @@ pub async fn what_if(
             }
         })
         .buffered(WHAT_IF_PARALLEL)
+        .take_until(tokio::time::sleep(WHAT_IF_DEADLINE))
         .collect()
         .await;
-    Ok(Json(report(
-        &version,
-        examined,
-        other_plugin.len(),
-        results,
-        samples,
-    ))
-    .into_response())
+    let mut report = report(&version, examined, other_plugin.len(), results, samples);
+    // Past the deadline the answer covers the events replayed so far, oldest first.
+    report["complete"] = json!(report["replayed"] == planned);
+    Ok(Json(report).into_response())
 }
 
 fn report(
@@ -425,7 +405,7 @@ async fn from_events(
 async fn from_dlq(s: &AppState, filter: &ScanFilter, limit: usize) -> Result<Vec<Past>, ApiError> {
     let mut found = Vec::new();
     let mut cursor: Option<String> = None;
-    loop {
+    for _ in 0..MAX_DLQ_PAGES {
         let page = s
             .queue
             .dead_letters(cursor.as_deref(), 500)
@@ -462,8 +442,9 @@ async fn from_dlq(s: &AppState, filter: &ScanFilter, limit: usize) -> Result<Vec
             });
         }
         if !full || found.len() == limit {
-            return Ok(found);
+            break;
         }
         cursor = last;
     }
+    Ok(found)
 }

@@ -275,7 +275,9 @@ impl Watch {
     pub fn snapshot(&self) -> WatchSnapshot {
         WatchSnapshot {
             version: self.version.clone(),
-            until_ms: self.started_at_ms + self.window.as_millis() as u64,
+            until_ms: self
+                .started_at_ms
+                .saturating_add(u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)),
             calls: self.calls.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             active: self.started.elapsed() <= self.window && !self.fired.load(Ordering::Relaxed),

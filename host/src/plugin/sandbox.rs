@@ -263,14 +263,17 @@ impl Sandbox {
             .map(SideSlot)
     }
 
-    /// A side slot, waiting for one (dry runs and what-if replays).
+    /// A side slot, waiting for one (dry runs and what-if replays) up to the call timeout.
     pub(crate) async fn side_slot(&self) -> Result<SideSlot, PluginError> {
-        self.side_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map(SideSlot)
-            .map_err(|_| PluginError::Instantiate("sandbox closed".into()))
+        let wait = self.limits.call_timeout;
+        match tokio::time::timeout(wait, self.side_slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(SideSlot(permit)),
+            Ok(Err(_)) => Err(PluginError::Instantiate("sandbox closed".into())),
+            Err(_) => Err(PluginError::Instantiate(format!(
+                "no side slot free within {} ms (SIDE_CALLS_MAX)",
+                wait.as_millis()
+            ))),
+        }
     }
 
     /// Runs one `route` call beside live traffic, in the side slot `_slot`.

@@ -2,6 +2,7 @@
 //! state), `context` (live `order` / `shipment` documents). Claims and finishes run inside the
 //! single writer's transactions, so each is atomic.
 
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -72,6 +73,35 @@ fn count(txn: &WriteTransaction, from: Option<EventState>, to: EventState) -> Re
         .unwrap_or(0);
     counters.insert(to.as_str(), n + 1).map_err(E::from)?;
     Ok(())
+}
+
+/// A scanned event ordered by time of receipt, then id.
+struct Oldest(StoredEvent);
+
+impl Oldest {
+    fn key(&self) -> (u64, &str) {
+        (self.0.record.received_at_ms, &self.0.record.event_id)
+    }
+}
+
+impl PartialEq for Oldest {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Oldest {}
+
+impl PartialOrd for Oldest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Oldest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 /// The embedded state store.
@@ -239,22 +269,25 @@ impl StateStore for EmbeddedState {
         let scan = move || {
             db.read(|txn| {
                 let events = txn.open_table(EVENTS).map_err(E::from)?;
-                let mut found = Vec::new();
+                // The `limit` oldest matches, in a max-heap of that size: memory stays bounded
+                // by the limit, not the store.
+                let mut oldest: BinaryHeap<Oldest> = BinaryHeap::with_capacity(limit + 1);
                 for row in events.iter().map_err(E::from)? {
                     let (_, value) = row.map_err(E::from)?;
                     let stored: Stored = serde_json::from_slice(value.value()).map_err(E::from)?;
                     if let Some(payload) = stored.payload
                         && filter.matches(&stored.record)
                     {
-                        found.push(StoredEvent {
+                        oldest.push(Oldest(StoredEvent {
                             record: stored.record,
                             payload,
-                        });
+                        }));
+                        if oldest.len() > limit {
+                            oldest.pop();
+                        }
                     }
                 }
-                found.sort_by_key(|e| (e.record.received_at_ms, e.record.event_id.clone()));
-                found.truncate(limit);
-                Ok(found)
+                Ok(oldest.into_sorted_vec().into_iter().map(|o| o.0).collect())
             })
         };
         tokio::task::spawn_blocking(scan)

@@ -92,6 +92,11 @@ impl MongoStore {
             )
             .build();
         events.create_index(unique).await.map_err(unavailable)?;
+        // What-if replays read finished events by state and time of receipt.
+        let by_receipt = IndexModel::builder()
+            .keys(doc! { "state": 1, "receivedAtMs": 1 })
+            .build();
+        events.create_index(by_receipt).await.map_err(unavailable)?;
         if let Some(ttl) = config.ttl {
             let expire = IndexModel::builder()
                 .keys(doc! { "createdAt": 1 })

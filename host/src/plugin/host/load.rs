@@ -75,7 +75,7 @@ impl PluginHost {
         if path.exists() {
             let _ = self.load_file(path).await;
         } else if candidate {
-            self.withdraw_candidate(&name, "file removed").await;
+            self.withdraw_candidate(&name, "file removed", false).await;
         } else {
             self.unload(&name).await;
         }
@@ -105,10 +105,24 @@ impl PluginHost {
         tracing::info!(plugin = name, "plugin unloaded (file removed)");
     }
 
-    /// Stops shadowing `name` with its candidate.
-    pub async fn withdraw_candidate(&self, name: &str, reason: &str) -> Option<String> {
+    /// Stops shadowing `name` with its candidate; with `remove_file`, also deletes
+    /// `<name>.next.wasm` if it still holds that candidate.
+    pub async fn withdraw_candidate(
+        &self,
+        name: &str,
+        reason: &str,
+        remove_file: bool,
+    ) -> Option<String> {
         let _guard = self.inner.load_lock.lock().await;
         let candidate = self.inner.registry.load().candidates.get(name).cloned()?;
+        if remove_file && let Some(dir) = &self.inner.dir {
+            let next = dir.join(format!("{name}{CANDIDATE_SUFFIX}.wasm"));
+            if let Ok(b) = tokio::fs::read(&next).await
+                && hex::encode(Sha256::digest(&b)) == candidate.loaded.info.version
+            {
+                let _ = tokio::fs::remove_file(&next).await;
+            }
+        }
         self.update(|r| {
             r.candidates.remove(name);
         });
@@ -133,7 +147,7 @@ impl PluginHost {
     }
 
     /// A compiled copy of `name`@`version` if one is at hand, and whether it was a candidate.
-    fn compiled(&self, name: &str, version: &str) -> Option<(Arc<Loaded>, bool)> {
+    pub(super) fn compiled(&self, name: &str, version: &str) -> Option<(Arc<Loaded>, bool)> {
         self.inner
             .compiled
             .lock()
@@ -165,6 +179,9 @@ impl PluginHost {
         let (name, candidate) =
             file_role(path).ok_or_else(|| format!("{} is not a .wasm file", path.display()))?;
         let started = Instant::now();
+        // Read under the lock: a promotion or rollback rewriting this file meanwhile must not be
+        // overtaken by what the file held before it.
+        let _guard = self.inner.load_lock.lock().await;
         let bytes = match tokio::fs::read(path).await {
             Ok(b) => b,
             Err(e) => {
@@ -176,13 +193,23 @@ impl PluginHost {
             }
         };
         let version = hex::encode(Sha256::digest(&bytes));
-        let _guard = self.inner.load_lock.lock().await;
         let registry = self.inner.registry.load_full();
         if candidate {
             if let Some(c) = registry.candidates.get(&name)
                 && c.loaded.info.version == version
             {
                 return Ok(c.loaded.info.clone());
+            }
+            if registry
+                .plugins
+                .get(&name)
+                .is_some_and(|a| a.info.version == version)
+            {
+                return Err(self.reject(
+                    &name,
+                    Some(&version),
+                    "the candidate is the version already active; nothing to compare".into(),
+                ));
             }
         } else {
             if let Some(current) = registry.plugins.get(&name)
@@ -198,15 +225,22 @@ impl PluginHost {
                 .get(&name)
                 .filter(|b| b.version == version)
                 .cloned();
+            let deliberate = self.compiled(&name, &version).is_some_and(|(_, c)| c);
             if let Some(b) = blocked {
-                return Err(self.reject(
-                    &name,
-                    Some(&version),
-                    format!(
-                        "this version was rolled back automatically ({}); deploy another build, or stage it as `{name}{CANDIDATE_SUFFIX}.wasm` and promote it",
-                        b.reason
-                    ),
-                ));
+                if deliberate {
+                    // Renamed from `<name>.next.wasm`: a promotion on purpose.
+                    self.unblock(&name);
+                } else {
+                    self.set_aside(&name, path, &bytes, &registry).await;
+                    return Err(self.reject(
+                        &name,
+                        Some(&version),
+                        format!(
+                            "this version was rolled back automatically ({}); its file was set aside as `{name}.wasm.refused`; deploy another build, or stage it as `{name}{CANDIDATE_SUFFIX}.wasm` and promote it",
+                            b.reason
+                        ),
+                    ));
+                }
             }
         }
         let loaded = match self.compiled(&name, &version) {
@@ -228,7 +262,8 @@ impl PluginHost {
             }
         };
         let (loaded, was_candidate) = loaded;
-        self.remember_compiled(&name, candidate || was_candidate, &loaded);
+        // The flag means "staged as a candidate since it was last active".
+        self.remember_compiled(&name, candidate, &loaded);
         self.inner
             .rejections
             .lock()
@@ -242,15 +277,15 @@ impl PluginHost {
                 .previous
                 .get(&name)
                 .map(|p| p.info.version.as_str());
-            let (action, reason) = if previous == Some(version.as_str()) {
-                (
-                    Action::RolledBack,
-                    "the previous version's file was restored",
-                )
-            } else if was_candidate {
+            let (action, reason) = if was_candidate {
                 (
                     Action::Promoted,
                     "the candidate's file became the active one",
+                )
+            } else if previous == Some(version.as_str()) {
+                (
+                    Action::RolledBack,
+                    "the previous version's file was restored",
                 )
             } else {
                 (Action::Loaded, "file written")
@@ -265,8 +300,39 @@ impl PluginHost {
         Ok(info)
     }
 
+    pub(super) fn unblock(&self, name: &str) {
+        self.inner
+            .blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// Keeps a refused build's bytes as `<name>.wasm.refused` and puts the active version's bytes
+    /// back in `<name>.wasm`, so that the directory (and a restart) serves what serves now.
+    async fn set_aside(&self, name: &str, path: &Path, bytes: &[u8], registry: &super::Registry) {
+        let Some(active) = registry.plugins.get(name) else {
+            return;
+        };
+        let aside = path.with_extension("wasm.refused");
+        let restore = async {
+            tokio::fs::write(&aside, bytes).await?;
+            let tmp = path.with_extension("wasm.restore");
+            tokio::fs::write(&tmp, &active.bytes).await?;
+            tokio::fs::rename(&tmp, path).await
+        };
+        if let Err(e) = restore.await {
+            tracing::warn!(plugin = name, error = %e, "cannot set the refused build aside");
+        }
+    }
+
     /// Compiles and canary-calls a new version off the async runtime.
-    async fn compile(&self, name: &str, version: &str, bytes: Vec<u8>) -> Result<Prepared, String> {
+    pub(super) async fn compile(
+        &self,
+        name: &str,
+        version: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Prepared, String> {
         let sandbox = self.inner.sandbox.clone();
         let prepared = match tokio::task::spawn_blocking(move || sandbox.prepare(&bytes)).await {
             Ok(Ok(p)) => p,
@@ -283,7 +349,7 @@ impl PluginHost {
     }
 
     /// Stages `loaded` as the candidate of `name`, with fresh comparison counters.
-    fn stage(&self, name: &str, loaded: Arc<Loaded>) {
+    pub(super) fn stage(&self, name: &str, loaded: Arc<Loaded>) {
         let version = loaded.info.version.clone();
         let candidate = Arc::new(Candidate {
             loaded,

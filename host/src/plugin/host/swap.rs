@@ -114,15 +114,19 @@ impl PluginHost {
             .map(|p| p.info.version.clone())
             .unwrap_or_default();
         let version = candidate.loaded.info.version.clone();
-        self.inner
-            .blocked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        if replaced == version {
+            return Err(RolloutError::Changed(
+                name.to_string(),
+                "the candidate is already the active version".into(),
+            ));
+        }
+        self.unblock(name);
         let loaded = candidate.loaded.at(&self.file_of(name));
-        self.remember_compiled(name, true, &loaded);
+        self.remember_compiled(name, false, &loaded);
         self.activate(name, loaded, Action::Promoted, Some("admin call".into()));
-        let persisted = self.persist(name, &candidate.loaded.bytes, true).await;
+        let persisted = self
+            .persist(name, &candidate.loaded.bytes, Some(&version))
+            .await;
         Ok(Transition {
             plugin: name.to_string(),
             version,
@@ -138,29 +142,71 @@ impl PluginHost {
             .await
     }
 
+    /// Compiles and canary-checks `bytes` and, only if they pass, writes them as
+    /// `<name>.next.wasm` and stages them as the candidate (`PUT /plugins/{name}/candidate`).
+    pub async fn stage_candidate(&self, name: &str, bytes: Vec<u8>) -> Result<LoadedInfo, String> {
+        let Some(dir) = self.inner.dir.clone() else {
+            return Err("the plugin host has no directory".into());
+        };
+        let version = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let _guard = self.inner.load_lock.lock().await;
+        let registry = self.inner.registry.load_full();
+        if registry
+            .plugins
+            .get(name)
+            .is_some_and(|a| a.info.version == version)
+        {
+            return Err("the candidate is the version already active; nothing to compare".into());
+        }
+        if let Some(c) = registry.candidates.get(name)
+            && c.loaded.info.version == version
+        {
+            return Ok(c.loaded.info.clone());
+        }
+        let prepared = match self.compiled(name, &version) {
+            Some((warm, _)) => warm.prepared.clone(),
+            None => self.compile(name, &version, bytes.clone()).await?,
+        };
+        let path = dir.join(format!("{name}{CANDIDATE_SUFFIX}.wasm"));
+        let tmp = dir.join(format!(
+            ".{name}{CANDIDATE_SUFFIX}.{}.upload",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let written = async {
+            tokio::fs::write(&tmp, &bytes).await?;
+            tokio::fs::rename(&tmp, &path).await
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(format!("cannot write {}: {e}", path.display()));
+        }
+        let loaded = Arc::new(Loaded {
+            info: LoadedInfo {
+                name: name.to_string(),
+                version,
+                loaded_at_ms: now_ms(),
+                size_bytes: bytes.len() as u64,
+                path,
+            },
+            prepared,
+            bytes: bytes.into(),
+        });
+        self.remember_compiled(name, true, &loaded);
+        let info = loaded.info.clone();
+        self.stage(name, loaded);
+        Ok(info)
+    }
+
     /// Rolls `name` back from `version` because of `reason`, unless it changed meanwhile; the
     /// failing version's file is not loaded again.
     pub(super) async fn auto_rollback(&self, name: &str, version: &str, reason: String) {
-        match self
+        if let Err(e) = self
             .swap_back(name, Some(version), Action::AutoRolledBack, reason.clone())
             .await
         {
-            Ok(_) => {
-                self.inner
-                    .blocked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        name.to_string(),
-                        Blocked {
-                            version: version.to_string(),
-                            at_ms: now_ms(),
-                            reason,
-                        },
-                    );
-            }
-            Err(e) => tracing::warn!(plugin = name, version = short(version), error = %e,
-                %reason, "automatic rollback not done"),
+            tracing::warn!(plugin = name, version = short(version), error = %e,
+                %reason, "automatic rollback not done");
         }
     }
 
@@ -191,9 +237,29 @@ impl PluginHost {
             .get(name)
             .cloned()
             .ok_or_else(|| RolloutError::NoPrevious(name.to_string()))?;
+        {
+            // Under the lock, so that no reload of the failing build's file can slip in between.
+            let mut blocked = self.inner.blocked.lock().unwrap_or_else(|p| p.into_inner());
+            if action == Action::AutoRolledBack {
+                blocked.insert(
+                    name.to_string(),
+                    Blocked {
+                        version: current.info.version.clone(),
+                        at_ms: now_ms(),
+                        reason: reason.clone(),
+                    },
+                );
+            } else if blocked
+                .get(name)
+                .is_some_and(|b| b.version == previous.info.version)
+            {
+                // Rolling back onto a refused build by hand is a decision to use it.
+                blocked.remove(name);
+            }
+        }
         let loaded = previous.at(&self.file_of(name));
         self.activate(name, loaded, action, Some(reason));
-        let persisted = self.persist(name, &previous.bytes, false).await;
+        let persisted = self.persist(name, &previous.bytes, None).await;
         Ok(Transition {
             plugin: name.to_string(),
             version: previous.info.version.clone(),
@@ -211,8 +277,9 @@ impl PluginHost {
     }
 
     /// Writes `bytes` as `<name>.wasm` (temporary file, then rename) and removes the candidate's
-    /// file when asked. The watcher then finds the active version already serving.
-    async fn persist(&self, name: &str, bytes: &[u8], remove_candidate: bool) -> bool {
+    /// file when it still holds `promoted` (a newer candidate written meanwhile stays). The
+    /// watcher then finds the active version already serving.
+    async fn persist(&self, name: &str, bytes: &[u8], promoted: Option<&str>) -> bool {
         let Some(dir) = self.inner.dir.clone() else {
             return false;
         };
@@ -220,12 +287,14 @@ impl PluginHost {
         let result = async {
             tokio::fs::write(&tmp, bytes).await?;
             tokio::fs::rename(&tmp, self.file_of(name)).await?;
-            if remove_candidate {
-                match tokio::fs::remove_file(dir.join(format!("{name}{CANDIDATE_SUFFIX}.wasm")))
-                    .await
-                {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
+            if let Some(version) = promoted {
+                let next = dir.join(format!("{name}{CANDIDATE_SUFFIX}.wasm"));
+                let same = match tokio::fs::read(&next).await {
+                    Ok(b) => hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)) == version,
+                    Err(_) => false,
+                };
+                if same {
+                    tokio::fs::remove_file(&next).await?;
                 }
             }
             std::io::Result::Ok(())
