@@ -308,9 +308,22 @@ impl Inner {
                     let key = key.map(|(plugin, key)| format!("{plugin}/{key}"));
                     let entered = self
                         .sequencer
-                        .enter(ticket, key, &d.job.event_id, &self.stopping, || {
-                            permit.take();
-                        })
+                        .enter(
+                            ticket,
+                            key,
+                            &d.job.event_id,
+                            &self.stopping,
+                            || {
+                                permit.take();
+                            },
+                            |holder| async move {
+                                // Unknown (queue unreachable) counts as still queued: wait.
+                                self.queue
+                                    .accepted_at(&holder)
+                                    .await
+                                    .map_or(true, |at| at.is_some())
+                            },
+                        )
                         .await;
                     let Some(entered) = entered else {
                         tracing::info!(
@@ -333,16 +346,16 @@ impl Inner {
             }
         }
         let comes_back = self.process(&d, key_error).await;
-        if let Some(turn) = turn {
-            match comes_back {
-                Some(due_ms) => {
-                    let wait = Duration::from_millis(due_ms.saturating_sub(now_ms()));
-                    turn.hold(
-                        tokio::time::Instant::now() + wait + self.settings.visibility_timeout,
-                    );
-                }
-                None => turn.release(),
-            }
+        let until = comes_back.map(|due_ms| {
+            let wait = Duration::from_millis(due_ms.saturating_sub(now_ms()));
+            tokio::time::Instant::now() + wait + self.settings.visibility_timeout
+        });
+        match (turn, until) {
+            (Some(turn), Some(until)) => turn.hold(until),
+            (Some(turn), None) => turn.release(),
+            // No turn this time (its key call failed, or its plugin changed): a key the event
+            // still holds from an earlier attempt is settled all the same.
+            (None, until) => self.sequencer.settle(&d.job.event_id, until),
         }
         drop(permit);
     }

@@ -257,7 +257,10 @@ impl Queue for EmbeddedQueue {
         let mut mem = self.mem();
         let now = Instant::now();
         let mut out = Vec::new();
-        for (fetched, d) in mem.in_flight.values_mut() {
+        // Oldest entries first, as a Redis consumer group hands them back.
+        let mut idle: Vec<_> = mem.in_flight.iter_mut().collect();
+        idle.sort_by_key(|(seq, _)| **seq);
+        for (_, (fetched, d)) in idle {
             if out.len() >= max {
                 break;
             }
