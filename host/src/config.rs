@@ -34,6 +34,8 @@ pub struct Config {
     /// `SIDE_CALLS_MAX`: plugin calls beside live traffic at once (shadow comparisons, dry runs,
     /// what-if replays), in instance slots of their own; a shadow call finding none is skipped.
     pub side_calls_max: u32,
+    /// `SHADOW_SAMPLE_RATE`: fraction of live events a candidate shadows (chosen by event id).
+    pub shadow_sample_rate: f64,
     /// `ROLLBACK_WINDOW_MS`: how long a newly swapped plugin version is watched (0 = off).
     pub rollback_window_ms: u64,
     /// `ROLLBACK_MIN_CALLS`: calls in the window before its failure rate is judged.
@@ -108,6 +110,7 @@ impl Default for Config {
             plugin_timeout_ms: 10_000,
             plugin_memory_mb: 64,
             side_calls_max: 64,
+            shadow_sample_rate: 1.0,
             rollback_window_ms: 300_000,
             rollback_min_calls: 20,
             rollback_max_failure_rate: 0.5,
@@ -151,6 +154,7 @@ const ENV_KEYS: &[&str] = &[
     "plugin_timeout_ms",
     "plugin_memory_mb",
     "side_calls_max",
+    "shadow_sample_rate",
     "rollback_window_ms",
     "rollback_min_calls",
     "rollback_max_failure_rate",
@@ -250,6 +254,10 @@ impl Config {
             (0.0..=1.0).contains(&self.rollback_max_failure_rate),
             "ROLLBACK_MAX_FAILURE_RATE must be between 0 and 1"
         );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.shadow_sample_rate),
+            "SHADOW_SAMPLE_RATE must be between 0 and 1"
+        );
         if let Some(f) = &self.log_format {
             anyhow::ensure!(
                 f == "json" || f == "pretty",
@@ -307,6 +315,7 @@ impl Config {
             window: Duration::from_millis(self.rollback_window_ms),
             min_calls: self.rollback_min_calls,
             max_failure_rate: self.rollback_max_failure_rate,
+            shadow_sample_rate: self.shadow_sample_rate,
         }
     }
 }

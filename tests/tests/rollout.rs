@@ -642,3 +642,44 @@ async fn what_if_replay_on_the_embedded_store() {
     let config = embedded_config(dir.path(), data.path());
     what_if_reports_the_expected_diffs(config, &dir).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_sampling_compares_only_the_chosen_events() {
+    let v2 = version_of("rollout-v2");
+    let dir = PluginDir::new(Some(MANIFEST));
+    dir.install("router", "rollout-v1");
+    dir.install("router.next", "rollout-v2");
+    let config = switchyard::Config {
+        shadow_sample_rate: 0.5,
+        ..gateway_config(dir.path())
+    };
+    let policy = config.rollout_policy();
+    let gw = Gateway::start(config).await;
+    let c = gw.client();
+    wait_plugin(&c, "router", |p| p["candidate"]["version"] == v2.as_str()).await;
+    let run = unique("sampled");
+    let events: Vec<Value> = (0..40)
+        .map(|i| {
+            event(
+                &format!("{run}-{i}"),
+                "ORDER_CREATED",
+                json!({ "region": "eu" }),
+            )
+        })
+        .collect();
+    let ids = send_all(&c, &events).await;
+    let expected = ids.iter().filter(|id| policy.samples(id)).count() as u64;
+    assert!((5..=35).contains(&expected), "{expected}");
+    c.wait_final(&ids, Duration::from_secs(60)).await;
+    wait_plugin(&c, "router", |p| {
+        p["candidate"]["shadow"]["compared"] == expected
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shadow = c.get("/plugins/router").await.body["candidate"]["shadow"].clone();
+    // Every sampled event differs (eu), and no other event was shadowed.
+    assert_eq!(shadow["compared"], expected, "{shadow}");
+    assert_eq!(shadow["differed"], expected, "{shadow}");
+    assert_eq!(shadow["skipped"], 0);
+    gw.stop().await.unwrap();
+}

@@ -297,6 +297,7 @@ impl PluginHost {
             .candidates
             .get(name)
             .filter(|c| c.loaded.info.version != plugin.info.version)
+            .filter(|_| self.inner.policy.samples(&request.event_id))
             .cloned();
         let watch = registry
             .watches

@@ -25,6 +25,22 @@ pub struct RolloutPolicy {
     pub min_calls: u64,
     /// Failed calls / calls above which the version is rolled back (≥ 1 turns the watch off).
     pub max_failure_rate: f64,
+    /// Fraction of live events a candidate shadows (by event id, so every attempt of an event
+    /// is shadowed or none is).
+    pub shadow_sample_rate: f64,
+}
+
+impl RolloutPolicy {
+    /// Whether the candidate shadows the calls for `event_id`.
+    pub fn samples(&self, event_id: &str) -> bool {
+        use std::hash::{Hash, Hasher};
+        if self.shadow_sample_rate >= 1.0 {
+            return true;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        event_id.hash(&mut h);
+        (h.finish() as f64 / u64::MAX as f64) < self.shadow_sample_rate
+    }
 }
 
 impl Default for RolloutPolicy {
@@ -33,6 +49,7 @@ impl Default for RolloutPolicy {
             window: Duration::from_secs(300),
             min_calls: 20,
             max_failure_rate: 0.5,
+            shadow_sample_rate: 1.0,
         }
     }
 }
@@ -314,6 +331,7 @@ mod tests {
             window: Duration::from_secs(60),
             min_calls: 4,
             max_failure_rate: 0.5,
+            ..RolloutPolicy::default()
         };
         let w = Watch::new("v".into(), &policy, 0).unwrap();
         let trap = Err(PluginError::Trap("t".into()));
@@ -326,6 +344,20 @@ mod tests {
         assert_eq!(w.record(&trap), None); // fires once
         let s = w.snapshot();
         assert_eq!((s.calls, s.failures, s.active), (4, 3, false));
+    }
+
+    #[test]
+    fn shadow_sampling_is_a_stable_fraction_of_event_ids() {
+        let policy = |rate| RolloutPolicy {
+            shadow_sample_rate: rate,
+            ..RolloutPolicy::default()
+        };
+        let ids: Vec<String> = (0..10_000).map(|i| format!("evt-{i}")).collect();
+        let sampled = ids.iter().filter(|id| policy(0.25).samples(id)).count();
+        assert!((2_200..2_800).contains(&sampled), "{sampled}");
+        assert!(ids.iter().all(|id| policy(1.0).samples(id)));
+        assert!(!ids.iter().any(|id| policy(0.0).samples(id)));
+        assert_eq!(policy(0.25).samples("x"), policy(0.25).samples("x"));
     }
 
     #[test]
