@@ -21,8 +21,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Longest a waiter sleeps before it looks at the state again (a safety net: changes wake
-/// waiters at once).
+/// Longest a waiter sleeps before it looks at the state again (a safety net: a change wakes the
+/// one waiter it concerns at once).
 const RECHECK: Duration = Duration::from_secs(1);
 /// How long a hold is extended when its holder is found still queued.
 const EXTEND: Duration = Duration::from_secs(10);
@@ -34,13 +34,7 @@ const SWEEP_EVERY: u64 = 1024;
 /// The sequencer of one worker pool. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Sequencer {
-    inner: Arc<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    state: Mutex<State>,
-    changed: Notify,
+    inner: Arc<Mutex<State>>,
 }
 
 #[derive(Default)]
@@ -51,6 +45,11 @@ struct State {
     keys: HashMap<String, Key>,
     /// Event id → the key it holds.
     held: HashMap<String, String>,
+    /// The wake-up of each ticket waiting in [`Sequencer::enter`] (`notify_one` keeps a permit,
+    /// so a wake-up sent before the waiter sleeps is not lost).
+    wake: HashMap<u64, Arc<Notify>>,
+    /// Waiting tickets blocked by an earlier unresolved ticket.
+    behind: BTreeSet<u64>,
 }
 
 #[derive(Default)]
@@ -67,6 +66,30 @@ struct Holder {
 }
 
 impl State {
+    fn wake(&self, ticket: u64) {
+        if let Some(w) = self.wake.get(&ticket) {
+            w.notify_one();
+        }
+    }
+
+    /// Wakes the first ticket waiting for `key`: only it may take the key next.
+    fn wake_key(&self, key: &str) {
+        if let Some(&first) = self.keys.get(key).and_then(|k| k.waiting.first()) {
+            self.wake(first);
+        }
+    }
+
+    /// Marks `ticket` resolved and wakes the waiters no earlier ticket holds back any more.
+    fn resolve(&mut self, ticket: u64) {
+        self.unresolved.remove(&ticket);
+        let low = self.unresolved.first().copied().unwrap_or(u64::MAX);
+        let free: Vec<u64> = self.behind.range(..low).copied().collect();
+        for n in free {
+            self.behind.remove(&n);
+            self.wake(n);
+        }
+    }
+
     /// Drops the hold of `event_id` (if any) and the key's entry once nobody uses it.
     fn release(&mut self, event_id: &str) {
         let Some(key) = self.held.remove(event_id) else {
@@ -80,6 +103,7 @@ impl State {
                 self.keys.remove(&key);
             }
         }
+        self.wake_key(&key);
     }
 
     /// Forgets holds long expired with nobody waiting for them.
@@ -108,35 +132,33 @@ pub struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.resolved {
-            self.seq.lock().unresolved.remove(&self.n);
-            self.seq.inner.changed.notify_waiters();
+            self.seq.lock().resolve(self.n);
         }
     }
 }
 
-/// A ticket waiting for its key; leaves the line if dropped (shutdown, cancellation).
+/// A ticket waiting in [`Sequencer::enter`]; leaves the line cleanly however the wait ends.
 struct InLine<'a> {
     seq: &'a Sequencer,
     n: u64,
     key: Option<&'a str>,
-    done: bool,
 }
 
 impl Drop for InLine<'_> {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        if let Some(k) = self.key {
-            let mut state = self.seq.lock();
-            if let Some(entry) = state.keys.get_mut(k) {
-                entry.waiting.remove(&self.n);
-                if entry.holder.is_none() && entry.waiting.is_empty() {
-                    state.keys.remove(k);
-                }
+        let mut state = self.seq.lock();
+        state.wake.remove(&self.n);
+        state.behind.remove(&self.n);
+        if let Some(k) = self.key
+            && let Some(entry) = state.keys.get_mut(k)
+            && entry.waiting.remove(&self.n)
+        {
+            if entry.holder.is_none() && entry.waiting.is_empty() {
+                state.keys.remove(k);
+            } else {
+                state.wake_key(k);
             }
         }
-        self.seq.inner.changed.notify_waiters();
     }
 }
 
@@ -179,7 +201,7 @@ enum Step {
 
 impl Sequencer {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes the next ticket. Call in queue order.
@@ -202,24 +224,24 @@ impl Sequencer {
     /// keeps it until about `until` when the event comes back for another attempt.
     pub fn settle(&self, event_id: &str, until: Option<Instant>) {
         let mut state = self.lock();
-        if !state.held.contains_key(event_id) {
+        let Some(key) = state.held.get(event_id).cloned() else {
             return;
-        }
+        };
         match until {
             Some(u) => {
-                let key = state.held.get(event_id).cloned();
-                if let Some(h) = key
-                    .and_then(|k| state.keys.get_mut(&k))
+                if let Some(h) = state
+                    .keys
+                    .get_mut(&key)
                     .and_then(|k| k.holder.as_mut())
                     .filter(|h| h.event_id == event_id)
                 {
                     h.until = Some(u);
                 }
+                // The first waiter learns when the hold runs out.
+                state.wake_key(&key);
             }
             None => state.release(event_id),
         }
-        drop(state);
-        self.inner.changed.notify_waiters();
     }
 
     /// Waits for the turn of `ticket`, whose key is now known. `None` for `key` passes as soon as
@@ -240,32 +262,25 @@ impl Sequencer {
         Fut: Future<Output = bool>,
     {
         let n = ticket.n;
+        let wake = Arc::new(Notify::new());
         {
             let mut state = self.lock();
-            state.unresolved.remove(&n);
+            state.wake.insert(n, wake.clone());
             if let Some(k) = &key {
                 state.keys.entry(k.clone()).or_default().waiting.insert(n);
             }
+            state.resolve(n);
             ticket.resolved = true;
         }
-        self.inner.changed.notify_waiters();
-        let mut line = InLine {
+        let _line = InLine {
             seq: self,
             n,
             key: key.as_deref(),
-            done: false,
         };
         let mut park = Some(park);
         loop {
-            let notified = self.inner.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let step = self.step(n, key.as_deref(), event_id, &mut park);
-            let wake_at = match step {
-                Step::Go(turn) => {
-                    line.done = true;
-                    return Some(turn);
-                }
+            let wake_at = match self.step(n, key.as_deref(), event_id, &mut park) {
+                Step::Go(turn) => return Some(turn),
                 Step::Wait(at) => at,
                 Step::Check(holder) => {
                     let queued = tokio::select! {
@@ -292,7 +307,7 @@ impl Sequencer {
             };
             tokio::select! {
                 _ = stop.cancelled() => return None,
-                _ = &mut notified => {}
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }
@@ -308,6 +323,7 @@ impl Sequencer {
         let mut state = self.lock();
         let now = Instant::now();
         if state.unresolved.first().is_some_and(|&u| u < n) {
+            state.behind.insert(n);
             return Step::Wait(now + RECHECK);
         }
         let Some(k) = key else {
@@ -392,6 +408,41 @@ mod tests {
         first.release();
         let turn = second.await.unwrap().unwrap().unwrap();
         assert_eq!(turn.event_id, "e2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_woken_at_once_not_by_polling() {
+        let seq = Sequencer::default();
+        let stop = CancellationToken::new();
+        let t1 = seq.register();
+        let first = seq.enter(t1, key("a"), "e1", &stop, || {}, gone).await;
+        let (s, stop2, t2) = (seq.clone(), stop.clone(), seq.register());
+        let second =
+            tokio::spawn(async move { s.enter(t2, key("a"), "e2", &stop2, || {}, gone).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let released = Instant::now();
+        first.unwrap().unwrap().release();
+        second.await.unwrap().unwrap().unwrap().release();
+        assert!(
+            released.elapsed() < RECHECK / 2,
+            "woken by the recheck, not by the release"
+        );
+
+        // Behind an unresolved ticket: woken when it resolves.
+        let t3 = seq.register();
+        let (s, stop4, t4) = (seq.clone(), stop.clone(), seq.register());
+        let fourth =
+            tokio::spawn(async move { s.enter(t4, None, "e4", &stop4, || {}, gone).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let resolved = Instant::now();
+        drop(t3);
+        assert!(fourth.await.unwrap().unwrap().is_none());
+        assert!(
+            resolved.elapsed() < RECHECK / 2,
+            "woken by the recheck, not by the resolution"
+        );
+        let state = seq.lock();
+        assert!(state.keys.is_empty() && state.wake.is_empty() && state.behind.is_empty());
     }
 
     #[tokio::test]
@@ -494,5 +545,6 @@ mod tests {
         held.unwrap().unwrap().release();
         let state = seq.lock();
         assert!(state.keys.is_empty() && state.held.is_empty() && state.unresolved.is_empty());
+        assert!(state.wake.is_empty() && state.behind.is_empty());
     }
 }
