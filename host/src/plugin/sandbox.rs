@@ -195,12 +195,15 @@ impl Sandbox {
         call: CallContext,
         request: &RouteRequest,
     ) -> Result<Decision, PluginError> {
-        let _slot = self
-            .slots
+        let _slot = self.live_slot().await?;
+        self.route(plugin, call, request).await
+    }
+
+    async fn live_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PluginError> {
+        self.slots
             .acquire()
             .await
-            .map_err(|_| PluginError::Instantiate("sandbox closed".into()))?;
-        self.route(plugin, call, request).await
+            .map_err(|_| PluginError::Instantiate("sandbox closed".into()))
     }
 
     /// Asks a `keyed-router` plugin for the event's ordering key, in a fresh sandbox on a live
@@ -214,11 +217,7 @@ impl Sandbox {
         if !plugin.is_keyed() {
             return Ok(None);
         }
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| PluginError::Instantiate("sandbox closed".into()))?;
+        let _slot = self.live_slot().await?;
         self.key(plugin, call, request).await
     }
 

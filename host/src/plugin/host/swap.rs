@@ -346,6 +346,18 @@ impl PluginHost {
         }
     }
 
+    /// The call context of a chosen version for `request`, with its plugin's configuration.
+    fn version_call(
+        &self,
+        version: &Resolved,
+        request: &RouteRequest,
+        context: Option<SharedContext>,
+    ) -> crate::plugin::sandbox::CallContext {
+        let info = &version.loaded.info;
+        let config = self.inner.registry.load().manifest.config_for(&info.name);
+        self.call_context(&info.name, &info.version, request, config, context)
+    }
+
     /// The ordering key a chosen version gives `request` (`None` for a plain `router`), computed
     /// in a side slot.
     pub async fn dry_run_key(
@@ -357,19 +369,7 @@ impl PluginHost {
         if !loaded.prepared.is_keyed() {
             return Ok(None);
         }
-        let config = self
-            .inner
-            .registry
-            .load()
-            .manifest
-            .config_for(&loaded.info.name);
-        let call = self.call_context(
-            &loaded.info.name,
-            &loaded.info.version,
-            request,
-            config,
-            None,
-        );
+        let call = self.version_call(version, request, None);
         let slot = self.inner.sandbox.side_slot().await?;
         self.inner
             .sandbox
@@ -386,19 +386,7 @@ impl PluginHost {
         context: Option<SharedContext>,
     ) -> (Answer, u64) {
         let loaded = &version.loaded;
-        let config = self
-            .inner
-            .registry
-            .load()
-            .manifest
-            .config_for(&loaded.info.name);
-        let call = self.call_context(
-            &loaded.info.name,
-            &loaded.info.version,
-            request,
-            config,
-            context,
-        );
+        let call = self.version_call(version, request, context);
         let started = Instant::now();
         let result = match self.inner.sandbox.side_slot().await {
             Ok(slot) => {
