@@ -52,6 +52,21 @@ async fn send_all(c: &Client, events: &[Value]) -> Vec<String> {
     ids
 }
 
+/// Dry runs and replays move nothing: every queue and state count is as it was.
+fn assert_counts_unchanged(before: &Value, after: &Value) {
+    for k in [
+        "ready",
+        "inFlight",
+        "delayed",
+        "deadLettered",
+        "pending",
+        "routed",
+        "failed",
+    ] {
+        assert_eq!(before[k], after[k], "{k}");
+    }
+}
+
 fn actions(status: &Value) -> Vec<String> {
     status["history"]
         .as_array()
@@ -484,18 +499,7 @@ async fn dry_runs_answer_with_the_chosen_version_and_change_nothing() {
     // Nothing was queued, claimed or recorded.
     let event_id = a.body["eventId"].as_str().unwrap().to_string();
     assert_eq!(c.get(&format!("/events/{event_id}")).await.status, 404);
-    let after = c.get("/events/stats").await.body;
-    for k in [
-        "ready",
-        "inFlight",
-        "delayed",
-        "deadLettered",
-        "pending",
-        "routed",
-        "failed",
-    ] {
-        assert_eq!(before[k], after[k], "{k}");
-    }
+    assert_counts_unchanged(&before, &c.get("/events/stats").await.body);
     gw.stop().await.unwrap();
 }
 
@@ -607,18 +611,7 @@ async fn what_if_reports_the_expected_diffs(config: switchyard::Config, dir: &Pl
     assert_eq!(unauthorized.status, 401);
 
     // Replays are dry runs: no record, queue or counter moved.
-    let after = c.get("/events/stats").await.body;
-    for k in [
-        "ready",
-        "inFlight",
-        "delayed",
-        "deadLettered",
-        "pending",
-        "routed",
-        "failed",
-    ] {
-        assert_eq!(before[k], after[k], "{k}");
-    }
+    assert_counts_unchanged(&before, &c.get("/events/stats").await.body);
     assert_eq!(
         c.get(&format!("/events/{}", ids[0])).await.body,
         sample_before
