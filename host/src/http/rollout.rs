@@ -415,24 +415,14 @@ async fn from_dlq(s: &AppState, filter: &ScanFilter, limit: usize) -> Result<Vec
         let full = page.len() == 500;
         for l in page {
             let j = &l.job;
-            let in_range = filter
-                .event_type
-                .as_ref()
-                .is_none_or(|t| *t == j.event_type)
-                && filter.from_ms.is_none_or(|f| j.received_at_ms >= f)
-                && filter.to_ms.is_none_or(|t| j.received_at_ms < t);
-            if !in_range || found.len() == limit {
+            if !filter.matches_event(&j.event_type, j.received_at_ms) || found.len() == limit {
                 continue;
             }
+            let mut request = j.route_request();
+            request.correlation_id = format!("what-if:{}", j.correlation_id);
+            request.attempt = request.attempt.max(1);
             found.push(Past {
-                request: RouteRequest {
-                    correlation_id: format!("what-if:{}", j.correlation_id),
-                    event_id: j.event_id.clone(),
-                    event_type: j.event_type.clone(),
-                    payload: j.payload.clone(),
-                    received_at_ms: j.received_at_ms,
-                    attempt: j.attempt.max(1),
-                },
+                request,
                 state: EventState::Failed.as_str(),
                 happened: Answer {
                     decision: None,

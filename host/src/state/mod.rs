@@ -132,13 +132,14 @@ impl ScanFilter {
             Some(s) => record.state == s,
             None => record.state != EventState::RoutingPending,
         };
-        state_ok
-            && self
-                .event_type
-                .as_ref()
-                .is_none_or(|t| *t == record.event_type)
-            && self.from_ms.is_none_or(|f| record.received_at_ms >= f)
-            && self.to_ms.is_none_or(|t| record.received_at_ms < t)
+        state_ok && self.matches_event(&record.event_type, record.received_at_ms)
+    }
+
+    /// The type and time-of-receipt part of the filter (all a dead letter can be filtered by).
+    pub fn matches_event(&self, event_type: &str, received_at_ms: u64) -> bool {
+        self.event_type.as_deref().is_none_or(|t| t == event_type)
+            && self.from_ms.is_none_or(|f| received_at_ms >= f)
+            && self.to_ms.is_none_or(|t| received_at_ms < t)
     }
 }
 
