@@ -29,7 +29,7 @@ for _ in $(seq 1 300); do
   python3 -c "import socket; socket.create_connection(('127.0.0.1',$mongo_port),0.2); socket.create_connection(('127.0.0.1',$redis_port),0.2)" 2>/dev/null && break
   sleep 0.2
 done
-export HMAC_SECRET=bench-secret ADMIN_TOKEN=bench-token
+export HMAC_SECRET=bench-signing-secret-0123456789 ADMIN_TOKEN=bench-admin-token-0123456789
 common=(REDIS_URL="redis://127.0.0.1:$redis_port" MONGO_URL="mongodb://127.0.0.1:$mongo_port" HOST=127.0.0.1
   PLUGINS_DIR="$root/plugins/dist" RATE_LIMIT_MAX_REQUESTS=0 QUEUE_MAX_DEPTH=0 LOG_FORMAT=json RUST_LOG=info)
 

@@ -2,7 +2,8 @@
 # Runs the whole gateway locally: installs what is missing, builds the plugins, starts Redis
 # (AOF on) and SecantusDB (a MongoDB-wire server) under ./data/dev, then the gateway in release
 # mode on :3000 (override with PORT). Ctrl-C stops everything; data persists between runs.
-#   HMAC_SECRET defaults to `dev-secret`, ADMIN_TOKEN to `dev-admin-token`.
+#   HMAC_SECRET defaults to `dev-signing-secret-0123456789`, ADMIN_TOKEN to `dev-admin-token-0123456789`
+#   (fine on your machine only: set real secrets anywhere else).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -26,7 +27,7 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT" MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT"
-export HMAC_SECRET="${HMAC_SECRET:-dev-secret}" ADMIN_TOKEN="${ADMIN_TOKEN:-dev-admin-token}"
+export HMAC_SECRET="${HMAC_SECRET:-dev-signing-secret-0123456789}" ADMIN_TOKEN="${ADMIN_TOKEN:-dev-admin-token-0123456789}"
 export PLUGINS_DIR="${PLUGINS_DIR:-$root/plugins/dist}" HOST="${HOST:-127.0.0.1}"
 echo "redis $REDIS_URL, mongo $MONGO_URL, plugins $PLUGINS_DIR" >&2
 cargo run --release --locked -p switchyard -- serve

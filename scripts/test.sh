@@ -33,7 +33,14 @@ cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
 
 step "docker-compose.yml"
-docker-compose -f docker-compose.yml config -q
+# Valid with the secrets given; refused (with the reason) without them: no default secret ships.
+HMAC_SECRET=compose-check-signing-secret ADMIN_TOKEN=compose-check-admin-token \
+  docker-compose -f docker-compose.yml config -q
+if refusal="$(env -u HMAC_SECRET -u ADMIN_TOKEN docker-compose -f docker-compose.yml config -q 2>&1)"; then
+  echo "docker-compose.yml starts without HMAC_SECRET / ADMIN_TOKEN: it must refuse" >&2
+  exit 1
+fi
+echo "$refusal" | grep -q "set HMAC_SECRET" || { echo "unexpected compose refusal: $refusal" >&2; exit 1; }
 
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -189,10 +189,16 @@ pub async fn plugin(opts: PluginBench) -> anyhow::Result<()> {
 pub fn hmac(size: usize, iterations: u32) -> anyhow::Result<()> {
     use crate::http::signature::{HMAC_HEADER, Verifier, sign_hex};
     let body = vec![b'x'; size];
-    let verifier =
-        Verifier::new(&["bench-secret"], Duration::from_secs(300)).map_err(anyhow::Error::msg)?;
+    let verifier = Verifier::new(
+        &["bench-signing-secret-0123456789"],
+        Duration::from_secs(300),
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut headers = http::HeaderMap::new();
-    headers.insert(HMAC_HEADER, sign_hex(b"bench-secret", &body).parse()?);
+    headers.insert(
+        HMAC_HEADER,
+        sign_hex(b"bench-signing-secret-0123456789", &body).parse()?,
+    );
     let t = Instant::now();
     for _ in 0..iterations {
         verifier

@@ -30,6 +30,15 @@ pub(crate) const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("ev
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// Live state for plugins: (kind, id) → JSON.
 pub(crate) const CONTEXT: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("context");
+/// Signed message ids seen by ingestion: message id → (expires ms, body digest).
+pub(crate) const MESSAGE_IDS: TableDefinition<&str, (u64, &str)> =
+    TableDefinition::new("message_ids");
+/// The same ids by expiry, for pruning: (expires ms, message id) → ().
+pub(crate) const MESSAGE_EXPIRY: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("message_expiry");
+/// Event records by time of receipt, for `EVENT_TTL_DAYS`: (received ms, event id) → ().
+pub(crate) const EVENTS_BY_RECEIPT: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("events_by_receipt");
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "switchyard.redb";
@@ -50,12 +59,29 @@ impl Error {
 type Done = Box<dyn FnOnce(Result<(), Error>) + Send>;
 type Op = Box<dyn FnOnce(&WriteTransaction) -> Done + Send>;
 
-/// The opened database and its writer thread. Cheap to clone.
+/// The opened database and its writer thread. Cheap to clone; the last clone dropped stops the
+/// writer and closes the file before the drop returns, so the directory can be opened again
+/// at once (by a restart in the same process, say).
 #[derive(Clone)]
 pub struct EmbeddedDb {
     db: Arc<Database>,
-    ops: mpsc::Sender<Op>,
+    writer: Arc<Writer>,
     path: PathBuf,
+}
+
+/// The writer thread's inbox and handle.
+struct Writer {
+    ops: Option<mpsc::Sender<Op>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.ops.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedDb {
@@ -90,14 +116,32 @@ impl EmbeddedDb {
         txn.open_table(EVENTS)?;
         txn.open_table(COUNTERS)?;
         txn.open_table(CONTEXT)?;
+        txn.open_table(MESSAGE_IDS)?;
+        txn.open_table(MESSAGE_EXPIRY)?;
+        txn.open_table(EVENTS_BY_RECEIPT)?;
         txn.commit()?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Op>();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("embedded-writer".into())
             .spawn(move || writer(writer_db, rx))?;
-        Ok(EmbeddedDb { db, ops: tx, path })
+        Ok(EmbeddedDb {
+            db,
+            writer: Arc::new(Writer {
+                ops: Some(tx),
+                thread: Some(thread),
+            }),
+            path,
+        })
+    }
+
+    fn send(&self, op: Op) -> Result<(), Error> {
+        self.writer
+            .ops
+            .as_ref()
+            .and_then(|ops| ops.send(op).ok())
+            .ok_or_else(|| Error("the writer has stopped".into()))
     }
 
     /// Runs `f` in the next write transaction; resolves once that transaction is durably
@@ -114,9 +158,7 @@ impl EmbeddedDb {
                 let _ = tx.send(commit.and(result));
             })
         });
-        self.ops
-            .send(op)
-            .map_err(|_| Error("the writer has stopped".into()))?;
+        self.send(op)?;
         rx.await
             .map_err(|_| Error("the write was not committed (storage failure)".into()))?
     }
@@ -141,9 +183,7 @@ impl EmbeddedDb {
                 let _ = tx.send(out);
             })
         });
-        self.ops
-            .send(op)
-            .map_err(|_| Error("the writer has stopped".into()))?;
+        self.send(op)?;
         rx.await
             .map_err(|_| Error("the write was not committed (storage failure)".into()))?
     }

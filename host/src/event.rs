@@ -7,7 +7,7 @@ use serde_json::Value;
 pub const MAX_ID_LEN: usize = 128;
 
 /// An event in the queue: what was accepted, plus its delivery attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     pub event_id: String,
@@ -22,13 +22,54 @@ pub struct Job {
     /// How many times an operator replayed it from the dead-letter queue.
     #[serde(default)]
     pub replays: u32,
+    /// Set while failures of the host (not of the event) keep deferring it, without spending
+    /// attempts. Jobs queued before this field existed read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<Deferral>,
+}
+
+/// Consecutive deferrals of an event by failures of the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deferral {
+    /// When the first of them happened (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// How many in a row.
+    pub count: u32,
 }
 
 impl Job {
-    /// The same event for its next attempt.
+    /// The same event for its next attempt (a finished attempt ends a run of deferrals).
     pub fn next_attempt(&self) -> Job {
         Job {
             attempt: self.attempt + 1,
+            deferred: None,
+            ..self.clone()
+        }
+    }
+
+    /// The event as an operator's replay from the dead-letter queue sends it again: a fresh
+    /// first attempt, with no deferral run behind it.
+    pub fn replayed(&self) -> Job {
+        Job {
+            attempt: 1,
+            replays: self.replays + 1,
+            deferred: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same attempt, deferred once more by a failure of the host at `now_ms`.
+    pub fn deferred_at(&self, now_ms: u64) -> Job {
+        let d = self.deferred.unwrap_or(Deferral {
+            since_ms: now_ms,
+            count: 0,
+        });
+        Job {
+            deferred: Some(Deferral {
+                count: d.count.saturating_add(1),
+                ..d
+            }),
             ..self.clone()
         }
     }

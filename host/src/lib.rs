@@ -97,6 +97,8 @@ pub async fn run(
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             backend_retry_delay: Duration::from_millis(config.backend_retry_ms),
             retry: config.retry_policy(),
+            ordering_max_waiting: config.ordering_max_waiting as usize,
+            host_failure_max_defer: Duration::from_millis(config.host_failure_max_defer_ms),
         },
         worker_stats.clone(),
     );
@@ -109,7 +111,9 @@ pub async fn run(
         &secrets,
         Duration::from_secs(config.signature_tolerance_secs),
     )
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?
+    .timestamped_only(config.require_timestamped_signatures);
+    let housekeeping = tokio::spawn(housekeeping(queue.clone(), state.clone(), shutdown.clone()));
     let app = http::router(http::AppState {
         plugins,
         queue,
@@ -121,9 +125,11 @@ pub async fn run(
             enqueue_timeout: Duration::from_millis(config.redis_timeout_ms),
             rate_limit: config.rate_limit_max_requests,
             rate_window: Duration::from_millis(config.rate_limit_window_ms),
+            trusted_proxies: http::client::TrustedProxies::new(config.trusted_proxy_nets()?),
         }),
         admin_token: admin_token.map(Arc::from),
         worker_stats,
+        dlq_max_depth: config.dlq_max_depth,
     });
     tracing::info!(
         %addr,
@@ -147,8 +153,29 @@ pub async fn run(
     }
     shutdown.cancel();
     let _ = watcher.await;
+    let _ = housekeeping.await;
     tracing::info!("switchyard stopped");
     Ok(())
+}
+
+/// How often the stores do their housekeeping (expired replay guards and records).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the stores' housekeeping until `stop` is cancelled.
+async fn housekeeping(queue: Arc<dyn Queue>, state: Arc<dyn StateStore>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+        }
+        let now = worker::now_ms();
+        if let Err(e) = queue.maintain(now).await {
+            tracing::warn!(error = %e, "queue housekeeping failed; retrying later");
+        }
+        if let Err(e) = state.maintain(now).await {
+            tracing::warn!(error = %e, "state store housekeeping failed; retrying later");
+        }
+    }
 }
 
 fn default_worker_id(addr: SocketAddr) -> String {
@@ -169,14 +196,18 @@ async fn open_backends(
 ) -> anyhow::Result<(Arc<dyn Queue>, Arc<dyn StateStore>, String)> {
     if config.embedded() {
         let db = embedded::EmbeddedDb::open(&config.data_dir)?;
-        let queue = queue::embedded::EmbeddedQueue::open(db.clone(), config.queue_max_depth)?;
+        let queue = queue::embedded::EmbeddedQueue::open(
+            db.clone(),
+            config.queue_max_depth,
+            config.dlq_max_depth,
+        )?;
         let backend = format!(
             "embedded ({})",
             config.data_dir.join(embedded::DB_FILE).display()
         );
         return Ok((
             Arc::new(queue),
-            Arc::new(state::embedded::EmbeddedState::new(db)),
+            Arc::new(state::embedded::EmbeddedState::new(db, config.event_ttl())),
             backend,
         ));
     }
@@ -188,6 +219,7 @@ async fn open_backends(
         url: redis_url,
         prefix: config.queue_prefix.clone(),
         max_depth: config.queue_max_depth,
+        dlq_max_depth: config.dlq_max_depth,
         command_timeout: Duration::from_millis(config.redis_timeout_ms),
     })
     .await
@@ -196,8 +228,7 @@ async fn open_backends(
         url: mongo_url,
         database: config.mongo_database.clone(),
         timeout: Duration::from_secs(5),
-        ttl: (config.event_ttl_days > 0)
-            .then(|| Duration::from_secs(config.event_ttl_days * 86_400)),
+        ttl: config.event_ttl(),
     })
     .await
     .context("cannot connect to MongoDB (MONGO_URL)")?;

@@ -118,3 +118,49 @@ fn run_reports_a_permanent_error_with_exit_code_1() {
     assert_eq!(out["error"]["kind"], "permanent");
     assert_eq!(out["error"]["retryable"], false);
 }
+
+/// `switchyard serve` with `env`, on an empty data directory; returns (success, stderr).
+fn serve_with(env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("serve")
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("DATA_DIR", dir.path().join("data"))
+        .env("PLUGINS_DIR", dir.path().join("plugins"))
+        .envs(env.iter().copied())
+        .output()
+        .expect("run switchyard serve");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn serve_refuses_placeholder_and_short_secrets_with_one_clear_line() {
+    for (secret, expected) in [
+        ("change-me", "placeholder"),
+        ("Secret", "placeholder"),
+        ("test", "placeholder"),
+        ("good-enough-secret-1,short", "secret 2 of 2"),
+        ("whsec_AAAAAAAAAAAAAAAA", "12 bytes"),
+    ] {
+        let (ok, stderr) = serve_with(&[("HMAC_SECRET", secret)]);
+        assert!(!ok, "{secret}: started");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(lines.len(), 1, "{secret}: one error line: {stderr}");
+        assert!(
+            lines[0].contains("HMAC_SECRET")
+                && lines[0].contains(expected)
+                && lines[0].contains("openssl rand"),
+            "{secret}: {stderr}"
+        );
+    }
+    let (ok, stderr) = serve_with(&[
+        ("HMAC_SECRET", "a-real-signing-secret-0123"),
+        ("ADMIN_TOKEN", "changeme"),
+    ]);
+    assert!(!ok && stderr.contains("ADMIN_TOKEN"), "{stderr}");
+}

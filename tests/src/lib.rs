@@ -141,7 +141,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The signing secret of test gateways.
-pub const TEST_SECRET: &str = "test-secret";
+pub const TEST_SECRET: &str = "switchyard-test-signing-secret";
 /// The admin token of test gateways.
 pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -292,6 +292,19 @@ impl Client {
         self.try_send(event).await.expect("POST /events")
     }
 
+    /// POSTs an event signed the Standard Webhooks way, with message id `id` at time `ts`.
+    pub async fn send_webhook(&self, event: &serde_json::Value, id: &str, ts: u64) -> Answer {
+        let body = serde_json::to_vec(event).unwrap();
+        let sig = switchyard::http::signature::sign_webhook(TEST_SECRET.as_bytes(), id, ts, &body);
+        let headers = [
+            ("content-type", "application/json".to_string()),
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig),
+        ];
+        self.post_raw(body, &headers).await
+    }
+
     /// Like [`Self::send`], `None` when the connection fails (the gateway died mid-request).
     pub async fn try_send(&self, event: &serde_json::Value) -> Option<Answer> {
         let body = serde_json::to_vec(event).unwrap();
@@ -416,6 +429,36 @@ pub fn switchyard_bin() -> PathBuf {
     bin
 }
 
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The text of `GET /metrics`.
+pub async fn metrics(client: &Client) -> String {
+    client
+        .http
+        .get(format!("{}/metrics", client.base))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the first sample of `series` (a metric name with its labels, as printed) in a
+/// metrics text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -425,48 +468,29 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The environment that makes the binary serve `config` (the same settings as [`Gateway`]).
+/// The environment that makes the binary serve `config` (the same settings as [`Gateway`]):
+/// every setting, as the upper-case variable the gateway reads.
 pub fn gateway_env(config: &switchyard::Config, port: u16) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("HOST", "127.0.0.1".to_string()),
-        ("PORT", port.to_string()),
-        ("PLUGINS_DIR", config.plugins_dir.display().to_string()),
-        ("QUEUE_CONCURRENCY", config.queue_concurrency.to_string()),
-        ("PLUGIN_TIMEOUT_MS", config.plugin_timeout_ms.to_string()),
-        ("HMAC_SECRET", config.hmac_secret.clone()),
-        ("QUEUE_PREFIX", config.queue_prefix.clone()),
-        ("MONGO_DATABASE", config.mongo_database.clone()),
-        ("DATA_DIR", config.data_dir.display().to_string()),
-        (
-            "VISIBILITY_TIMEOUT_MS",
-            config.visibility_timeout_ms.to_string(),
-        ),
-        ("BACKEND_RETRY_MS", config.backend_retry_ms.to_string()),
-        ("RETRY_BASE_MS", config.retry_base_ms.to_string()),
-        ("RETRY_CAP_MS", config.retry_cap_ms.to_string()),
-        (
-            "RATE_LIMIT_MAX_REQUESTS",
-            config.rate_limit_max_requests.to_string(),
-        ),
-        ("SHUTDOWN_GRACE_MS", config.shutdown_grace_ms.to_string()),
-        ("LOG_FORMAT", "json".to_string()),
-    ];
-    if let Some(t) = &config.admin_token {
-        env.push(("ADMIN_TOKEN", t.clone()));
-    }
-    if let Some(u) = &config.redis_url {
-        env.push(("REDIS_URL", u.clone()));
-    }
-    if let Some(u) = &config.mongo_url {
-        env.push(("MONGO_URL", u.clone()));
-    }
-    if let Some(w) = &config.worker_id {
-        env.push(("WORKER_ID", w.clone()));
-    }
-    if let Some(l) = config.lease_ms {
-        env.push(("LEASE_MS", l.to_string()));
-    }
-    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    let serde_json::Value::Object(fields) = serde_json::to_value(config).expect("config as JSON")
+    else {
+        panic!("the config serialises as an object");
+    };
+    let mut env: Vec<(String, String)> = fields
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::Null => return None,
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            Some((k.to_ascii_uppercase(), v))
+        })
+        .collect();
+    env.retain(|(k, _)| k != "PORT" && k != "HOST" && k != "LOG_FORMAT");
+    env.push(("HOST".into(), "127.0.0.1".into()));
+    env.push(("PORT".into(), port.to_string()));
+    env.push(("LOG_FORMAT".into(), "json".into()));
+    env
 }
 
 /// The gateway binary running as a child process (killed when dropped).
@@ -554,16 +578,23 @@ impl Drop for GatewayProcess {
 pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
+    persistence: bool,
     child: Option<std::process::Child>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port, with AOF persistence (fsync always) in a temp dir.
     pub fn start() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    /// Starts redis-server on a free port, with AOF persistence on or off.
+    pub fn start_with(persistence: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = RedisServer {
             port: free_port(),
             dir,
+            persistence,
             child: None,
         };
         s.restart();
@@ -585,7 +616,12 @@ impl RedisServer {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .args(if self.persistence {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
+            .arg("--dir")
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use switchyard::event::Job;
 use switchyard::plugin::{Decision, PluginId};
-use switchyard::queue::{Queue, ReplayFilter};
+use switchyard::queue::{Delivery, Queue, ReplayFilter};
 use switchyard::state::{Attempt, Claim, EventState, Finish, StateStore};
 use switchyard_tests::{mongo_url, redis_url, unique};
 
@@ -16,13 +16,29 @@ struct Backend {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Enqueue without a signed message id (an `x-hmac-signature` request).
+trait EnqueuePlain {
+    async fn enqueue_plain(&self, job: &Job) -> Result<(), switchyard::queue::Error>;
+}
+
+impl EnqueuePlain for Arc<dyn Queue> {
+    async fn enqueue_plain(&self, job: &Job) -> Result<(), switchyard::queue::Error> {
+        self.enqueue(job, None).await
+    }
+}
+
 async fn redis_mongo(max_depth: u64) -> Backend {
+    redis_mongo_with(max_depth, 0).await
+}
+
+async fn redis_mongo_with(max_depth: u64, dlq_max_depth: u64) -> Backend {
     let name = unique("contract");
     let queue =
         switchyard::queue::redis::RedisQueue::connect(switchyard::queue::redis::RedisQueueConfig {
             url: redis_url(),
             prefix: name.clone(),
             max_depth,
+            dlq_max_depth,
             command_timeout: Duration::from_secs(2),
         })
         .await
@@ -44,10 +60,16 @@ async fn redis_mongo(max_depth: u64) -> Backend {
 }
 
 fn embedded(max_depth: u64) -> Backend {
+    embedded_with(max_depth, 0)
+}
+
+fn embedded_with(max_depth: u64, dlq_max_depth: u64) -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let db = switchyard::embedded::EmbeddedDb::open(dir.path()).unwrap();
-    let queue = switchyard::queue::embedded::EmbeddedQueue::open(db.clone(), max_depth).unwrap();
-    let state = switchyard::state::embedded::EmbeddedState::new(db);
+    let queue =
+        switchyard::queue::embedded::EmbeddedQueue::open(db.clone(), max_depth, dlq_max_depth)
+            .unwrap();
+    let state = switchyard::state::embedded::EmbeddedState::new(db, None);
     Backend {
         queue: Arc::new(queue),
         state: Arc::new(state),
@@ -64,6 +86,7 @@ fn job(id: &str, ty: &str) -> Job {
         received_at_ms: now(),
         attempt: 1,
         replays: 0,
+        deferred: None,
     }
 }
 
@@ -123,7 +146,24 @@ contract!(
     state_transitions_keep_history_and_counts,
     an_expired_lease_can_be_taken_over,
     context_documents_round_trip,
+    a_message_id_reused_with_another_body_is_refused,
+    cursors_that_are_not_positions_are_invalid,
+    touched_deliveries_are_not_reclaimed,
+    a_deferral_keeps_attempts_and_history_and_frees_the_lease,
+    reclaim_passes_go_on_where_the_last_one_stopped,
+    a_reclaimed_entry_carries_its_in_place_progress,
+    a_replay_starts_the_event_afresh,
 );
+
+#[tokio::test]
+async fn dlq_limit_on_redis_and_secantus() {
+    dlq_limit(redis_mongo_with(0, 2).await).await
+}
+
+#[tokio::test]
+async fn dlq_limit_on_embedded() {
+    dlq_limit(embedded_with(0, 2)).await
+}
 
 #[tokio::test]
 async fn depth_limit_on_redis_and_secantus() {
@@ -137,14 +177,13 @@ async fn depth_limit_on_embedded() {
 
 async fn enqueue_fetch_ack(b: Backend) {
     for i in 0..3 {
-        b.queue.enqueue(&job(&format!("e{i}"), "T")).await.unwrap();
+        b.queue
+            .enqueue_plain(&job(&format!("e{i}"), "T"))
+            .await
+            .unwrap();
     }
     assert!(b.queue.accepted_at("e0").await.unwrap().is_some());
-    let got = b
-        .queue
-        .fetch("c1", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let got = fetched(&b, "c1", 10).await;
     let ids: Vec<&str> = got.iter().map(|d| d.job.event_id.as_str()).collect();
     assert_eq!(ids, ["e0", "e1", "e2"], "FIFO");
     let s = b.queue.stats().await.unwrap();
@@ -168,23 +207,19 @@ async fn enqueue_fetch_ack(b: Backend) {
 }
 
 async fn depth_limit(b: Backend) {
-    b.queue.enqueue(&job("a", "T")).await.unwrap();
-    b.queue.enqueue(&job("b", "T")).await.unwrap();
+    b.queue.enqueue_plain(&job("a", "T")).await.unwrap();
+    b.queue.enqueue_plain(&job("b", "T")).await.unwrap();
     assert!(matches!(
-        b.queue.enqueue(&job("c", "T")).await,
+        b.queue.enqueue_plain(&job("c", "T")).await,
         Err(switchyard::queue::Error::Full(_))
     ));
 }
 
 async fn retries_come_back_in_due_order(b: Backend) {
     for id in ["late", "soon", "due"] {
-        b.queue.enqueue(&job(id, "T")).await.unwrap();
+        b.queue.enqueue_plain(&job(id, "T")).await.unwrap();
     }
-    let got = b
-        .queue
-        .fetch("c1", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let got = fetched(&b, "c1", 10).await;
     let t = now();
     let due_at = |id: &str| match id {
         "late" => t + 600,
@@ -199,11 +234,7 @@ async fn retries_come_back_in_due_order(b: Backend) {
     }
     assert_eq!(b.queue.stats().await.unwrap().delayed, 3);
     assert_eq!(b.queue.promote_due(t, 100).await.unwrap(), 1);
-    let first = b
-        .queue
-        .fetch("c1", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let first = fetched(&b, "c1", 10).await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].job.event_id, "due");
     assert_eq!(
@@ -211,11 +242,8 @@ async fn retries_come_back_in_due_order(b: Backend) {
         "the retry carries the next attempt number"
     );
     assert_eq!(b.queue.promote_due(t + 700, 100).await.unwrap(), 2);
-    let rest: Vec<String> = b
-        .queue
-        .fetch("c1", 10, Duration::from_millis(100))
+    let rest: Vec<String> = fetched(&b, "c1", 10)
         .await
-        .unwrap()
         .into_iter()
         .map(|d| d.job.event_id)
         .collect();
@@ -224,18 +252,12 @@ async fn retries_come_back_in_due_order(b: Backend) {
 }
 
 async fn unfinished_deliveries_are_reclaimed_after_the_visibility_timeout(b: Backend) {
-    b.queue.enqueue(&job("r1", "T")).await.unwrap();
-    let got = b
-        .queue
-        .fetch("dead-consumer", 1, Duration::from_millis(100))
-        .await
-        .unwrap();
+    b.queue.enqueue_plain(&job("r1", "T")).await.unwrap();
+    let got = fetched(&b, "dead-consumer", 1).await;
     assert_eq!(got.len(), 1);
     assert!(
-        b.queue
-            .reclaim("c2", Duration::from_millis(300), 10)
+        reclaimed(&b, "c2", Duration::from_millis(300), 10)
             .await
-            .unwrap()
             .is_empty(),
         "not idle long enough"
     );
@@ -254,13 +276,9 @@ async fn unfinished_deliveries_are_reclaimed_after_the_visibility_timeout(b: Bac
 
 async fn dead_letters_list_and_replay_exactly_once(b: Backend) {
     for (id, ty) in [("x1", "X"), ("y1", "Y"), ("x2", "X")] {
-        b.queue.enqueue(&job(id, ty)).await.unwrap();
+        b.queue.enqueue_plain(&job(id, ty)).await.unwrap();
     }
-    let got = b
-        .queue
-        .fetch("c1", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let got = fetched(&b, "c1", 10).await;
     for d in &got {
         b.queue
             .dead_letter(d, "permanent", &format!("bad {}", d.job.event_id))
@@ -292,11 +310,7 @@ async fn dead_letters_list_and_replay_exactly_once(b: Backend) {
     assert_eq!(replayed, ["x1", "x2"], "each entry leaves the DLQ once");
     assert!(b.queue.replay(&filter).await.unwrap().is_empty());
     assert_eq!(b.queue.stats().await.unwrap().dead_lettered, 1);
-    let back = b
-        .queue
-        .fetch("c1", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let back = fetched(&b, "c1", 10).await;
     assert_eq!(back.len(), 2);
     assert!(
         back.iter()
@@ -435,4 +449,210 @@ async fn context_documents_round_trip(b: Backend) {
     assert!(b.state.lookup("order", "o-2").await.unwrap().is_none());
     assert!(b.state.lookup("shipment", "o-1").await.unwrap().is_none());
     assert!(b.state.lookup("secrets", "o-1").await.unwrap().is_none());
+}
+
+/// Up to `max` new deliveries for `consumer`, waiting 100 ms for the first.
+async fn fetched(b: &Backend, consumer: &str, max: usize) -> Vec<Delivery> {
+    b.queue
+        .fetch(consumer, max, Duration::from_millis(100))
+        .await
+        .unwrap()
+}
+
+/// What `consumer` reclaims of deliveries idle for `idle`.
+async fn reclaimed(b: &Backend, consumer: &str, idle: Duration, max: usize) -> Vec<Delivery> {
+    b.queue.reclaim(consumer, idle, max).await.unwrap()
+}
+
+fn guard(id: &str, body: &str) -> switchyard::queue::ReplayGuard {
+    use sha2::Digest;
+    switchyard::queue::ReplayGuard {
+        message_id: id.into(),
+        digest: hex::encode(sha2::Sha256::digest(body.as_bytes())),
+        ttl: Duration::from_secs(600),
+    }
+}
+
+async fn a_message_id_reused_with_another_body_is_refused(b: Backend) {
+    let first = guard(&unique("msg"), "body one");
+    b.queue
+        .enqueue(&job("m1", "T"), Some(&first))
+        .await
+        .unwrap();
+    // The same message again (a producer's retry) is accepted: it is the same event.
+    b.queue
+        .enqueue(&job("m1", "T"), Some(&first))
+        .await
+        .unwrap();
+    let forged = switchyard::queue::ReplayGuard {
+        digest: guard("x", "another body").digest,
+        ..first.clone()
+    };
+    let r = b.queue.enqueue(&job("m2", "T"), Some(&forged)).await;
+    assert!(
+        matches!(r, Err(switchyard::queue::Error::Replayed)),
+        "{r:?}"
+    );
+    let queued = fetched(&b, "c1", 10).await;
+    let ids: Vec<&str> = queued.iter().map(|d| d.job.event_id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m1"], "the forged one was not queued");
+}
+
+async fn dlq_limit(b: Backend) {
+    for id in ["d1", "d2"] {
+        b.queue.enqueue_plain(&job(id, "T")).await.unwrap();
+    }
+    for d in fetched(&b, "c1", 10).await {
+        b.queue.dead_letter(&d, "permanent", "no").await.unwrap();
+    }
+    assert!(matches!(
+        b.queue.enqueue_plain(&job("d3", "T")).await,
+        Err(switchyard::queue::Error::DlqFull(2))
+    ));
+    // Replaying makes room again.
+    let one = ReplayFilter {
+        event_ids: Some(vec!["d1".into()]),
+        ..Default::default()
+    };
+    assert_eq!(b.queue.replay(&one).await.unwrap(), ["d1"]);
+    b.queue.enqueue_plain(&job("d3", "T")).await.unwrap();
+}
+
+async fn cursors_that_are_not_positions_are_invalid(b: Backend) {
+    for bad in ["abc", "-", "12-x", ""] {
+        assert!(
+            matches!(
+                b.queue.dead_letters(Some(bad), 10).await,
+                Err(switchyard::queue::Error::InvalidCursor(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(b.queue.dead_letters(None, 10).await.unwrap().is_empty());
+}
+
+async fn touched_deliveries_are_not_reclaimed(b: Backend) {
+    b.queue.enqueue_plain(&job("t1", "T")).await.unwrap();
+    let got = fetched(&b, "c1", 1).await;
+    assert_eq!(got.len(), 1);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    b.queue.touch("c1", &[got[0].id.clone()]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        reclaimed(&b, "c2", Duration::from_millis(300), 10)
+            .await
+            .is_empty(),
+        "touched 150 ms ago: still its consumer's"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        reclaimed(&b, "c2", Duration::from_millis(300), 10)
+            .await
+            .len(),
+        1,
+        "idle again past the visibility timeout"
+    );
+}
+
+async fn a_deferral_keeps_attempts_and_history_and_frees_the_lease(b: Backend) {
+    let lease = Duration::from_secs(30);
+    let j = job("defer", "T");
+    assert_eq!(
+        b.state.claim(&j, "d1", lease).await.unwrap(),
+        Claim::Claimed
+    );
+    let deferred = switchyard::state::Deferred {
+        since_ms: now(),
+        count: 1,
+        error_kind: "no_plugin".into(),
+        error: "no plugin loaded for event type \"T\"".into(),
+        next_attempt_at_ms: now() + 1000,
+    };
+    assert!(
+        b.state
+            .finish("defer", "d1", Finish::Deferred(deferred.clone()))
+            .await
+            .unwrap()
+    );
+    let r = b.state.get("defer").await.unwrap().unwrap();
+    assert_eq!((r.state, r.attempts), (EventState::RoutingPending, 0));
+    assert!(r.history.is_empty(), "no attempt was spent");
+    assert_eq!(r.deferred.as_ref(), Some(&deferred));
+    // The lease is free at once: the next try (another owner) claims it.
+    assert_eq!(
+        b.state.claim(&j, "d2", lease).await.unwrap(),
+        Claim::Claimed
+    );
+    assert!(b.state.finish("defer", "d2", routed(1)).await.unwrap());
+    let r = b.state.get("defer").await.unwrap().unwrap();
+    assert_eq!(r.state, EventState::Routed);
+    assert_eq!(r.deferred, None, "routing clears the deferral");
+    let c = b.state.counts().await.unwrap();
+    assert_eq!((c.pending, c.routed), (0, 1));
+}
+
+async fn reclaim_passes_go_on_where_the_last_one_stopped(b: Backend) {
+    for i in 0..5 {
+        b.queue
+            .enqueue_plain(&job(&format!("p{i}"), "T"))
+            .await
+            .unwrap();
+    }
+    let fetched = fetched(&b, "dead", 10).await;
+    assert_eq!(fetched.len(), 5);
+    let mut seen = Vec::new();
+    let mut passes = Vec::new();
+    for _ in 0..4 {
+        let pass = reclaimed(&b, "c2", Duration::ZERO, 2).await;
+        passes.push(pass.len());
+        seen.extend(pass.into_iter().map(|d| d.job.event_id));
+    }
+    // Passes of two go on where the last one stopped; the one that reaches the end is short,
+    // and the next sweep starts over at the head.
+    assert_eq!(passes, [2, 2, 1, 2]);
+    assert_eq!(seen, ["p0", "p1", "p2", "p3", "p4", "p0", "p1"]);
+}
+
+async fn a_reclaimed_entry_carries_its_in_place_progress(b: Backend) {
+    b.queue.enqueue_plain(&job("ip", "T")).await.unwrap();
+    let got = fetched(&b, "dead", 1).await;
+    let progressed = got[0].job.next_attempt().next_attempt().deferred_at(now());
+    b.queue.update(&got[0], &progressed).await.unwrap();
+    let again = reclaimed(&b, "c2", Duration::ZERO, 10).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].job, progressed,
+        "the consumer died: its progress is not lost"
+    );
+    b.queue.ack(&again[0]).await.unwrap();
+    // Finished: nothing left to reclaim, and a late update does not bring it back.
+    b.queue.update(&again[0], &progressed).await.unwrap();
+    assert!(reclaimed(&b, "c2", Duration::ZERO, 10).await.is_empty());
+    assert_eq!(b.queue.stats().await.unwrap().in_flight, 0);
+}
+
+async fn a_replay_starts_the_event_afresh(b: Backend) {
+    let mut deferred = job("fresh", "T");
+    deferred.attempt = 3;
+    deferred = deferred.deferred_at(now() - 90_000_000);
+    b.queue.enqueue_plain(&deferred).await.unwrap();
+    let got = fetched(&b, "c1", 1).await;
+    b.queue
+        .dead_letter(&got[0], "host", "waited too long")
+        .await
+        .unwrap();
+    assert_eq!(
+        b.queue.replay(&ReplayFilter::default()).await.unwrap(),
+        ["fresh"]
+    );
+    let back = fetched(&b, "c1", 1).await;
+    assert_eq!(
+        (
+            back[0].job.attempt,
+            back[0].job.replays,
+            back[0].job.deferred
+        ),
+        (1, 1, None),
+        "no old deferral clock: a replay is a fresh first attempt"
+    );
 }

@@ -1,57 +1,29 @@
 //! Event status, queue statistics, the dead-letter queue and its replay, health and readiness.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::{MaybeAdmin, RequireAdmin};
 use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery, LimitedBody, json_body};
 use crate::queue::ReplayFilter;
 
 /// Longest wait for a backend in an admin endpoint before answering 503.
 const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Checks the bearer token. With no `ADMIN_TOKEN` configured, `required_always` endpoints are
-/// refused and the others are open.
-pub(super) fn authorize(
-    s: &AppState,
-    headers: &HeaderMap,
-    required_always: bool,
-) -> Result<(), ApiError> {
-    let Some(expected) = s.admin_token.as_deref() else {
-        return if required_always {
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "set ADMIN_TOKEN to enable this endpoint",
-            ))
-        } else {
-            Ok(())
-        };
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Compare digests, so neither the length nor the content leaks through timing.
-    let ok: bool = Sha256::digest(given.as_bytes())
-        .ct_eq(&Sha256::digest(expected.as_bytes()))
-        .into();
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        ))
+/// `fut` within [`ADMIN_TIMEOUT`], as an API result.
+async fn bounded<T, E: Into<ApiError>>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(ADMIN_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(ApiError::unavailable(what, &"no answer in time")),
     }
 }
 
@@ -59,13 +31,36 @@ pub async fn health() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
+/// `GET /ready`: 200 when the backends answer and a plugin is loaded. The body also says how
+/// deep the dead-letter queue is and what the operator should know about the set-up.
 pub async fn ready(State(s): State<AppState>) -> Response {
-    let (queue, state) = tokio::join!(s.queue.ping(), s.state.ping());
+    let (queue, state, stats) = tokio::join!(
+        tokio::time::timeout(ADMIN_TIMEOUT, s.queue.ping()),
+        tokio::time::timeout(ADMIN_TIMEOUT, s.state.ping()),
+        // Depths are shown, not judged: a queue that answers is ready.
+        tokio::time::timeout(ADMIN_TIMEOUT, s.queue.stats())
+    );
+    let queue = matches!(queue, Ok(Ok(())));
+    let state = matches!(state, Ok(Ok(())));
     let plugins = s.plugins.is_ready();
-    let ok = queue.is_ok() && state.is_ok() && plugins;
+    let ok = queue && state && plugins;
+    let mut warnings = s.queue.warnings();
+    let dead_letters = stats.ok().and_then(Result::ok).map(|q| q.dead_lettered);
+    if s.dlq_max_depth > 0
+        && let Some(n) = dead_letters
+        && n >= s.dlq_max_depth
+    {
+        warnings.push(format!(
+            "the dead-letter queue holds {n} entries (DLQ_MAX_DEPTH {}): new events are refused with 503 dlq_full until it is replayed or drained",
+            s.dlq_max_depth
+        ));
+    }
     let body = json!({
         "ready": ok,
-        "checks": { "queue": queue.is_ok(), "stateStore": state.is_ok(), "plugins": plugins },
+        "checks": { "queue": queue, "stateStore": state, "plugins": plugins },
+        "deadLetters": dead_letters,
+        "dlqMaxDepth": s.dlq_max_depth,
+        "warnings": warnings,
     });
     let status = if ok {
         StatusCode::OK
@@ -79,54 +74,50 @@ pub async fn ready(State(s): State<AppState>) -> Response {
     response
 }
 
+/// Fields of an event record anyone who knows the id may read: its state and timestamps.
+const PUBLIC_FIELDS: &[&str] = &["eventId", "state", "receivedAtMs", "updatedAtMs", "queued"];
+
+/// `GET /events/{eventId}`: the whole record with the admin token; without one, only the state
+/// and timestamps (no payload, decision, error text or history).
 pub async fn event(
+    MaybeAdmin(admin): MaybeAdmin,
     State(s): State<AppState>,
-    Path(event_id): Path<String>,
+    ApiPath(event_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    if let Some(record) = s
-        .state
-        .get(&event_id)
-        .await
-        .map_err(|e| ApiError::unavailable("the state store", &e))?
-    {
+    let record = match bounded("the state store", s.state.get(&event_id)).await? {
+        Some(record) => serde_json::to_value(record).unwrap_or_default(),
+        // Accepted but not picked up by a worker yet.
+        None => match bounded("the queue", s.queue.accepted_at(&event_id)).await? {
+            Some(received) => json!({
+                "eventId": event_id,
+                "state": "ROUTING_PENDING",
+                "queued": true,
+                "attempts": 0,
+                "history": [],
+                "receivedAtMs": received,
+                "updatedAtMs": received,
+            }),
+            None => {
+                return Err(ApiError::not_found("not_found", "no event with this id"));
+            }
+        },
+    };
+    if admin {
         return Ok(Json(record).into_response());
     }
-    // Accepted but not picked up by a worker yet.
-    if let Some(received) = s
-        .queue
-        .accepted_at(&event_id)
-        .await
-        .map_err(|e| ApiError::unavailable("the queue", &e))?
-    {
-        return Ok(Json(json!({
-            "eventId": event_id,
-            "state": "ROUTING_PENDING",
-            "queued": true,
-            "attempts": 0,
-            "history": [],
-            "receivedAtMs": received,
-        }))
-        .into_response());
-    }
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no event with this id",
-    ))
+    let public: serde_json::Map<String, Value> = PUBLIC_FIELDS
+        .iter()
+        .filter_map(|k| record.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+    Ok(Json(public).into_response())
 }
 
-pub async fn stats(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&s, &headers, false)?;
+pub async fn stats(_: RequireAdmin, State(s): State<AppState>) -> Result<Response, ApiError> {
     let (queue, states) = tokio::join!(
-        tokio::time::timeout(ADMIN_TIMEOUT, s.queue.stats()),
-        tokio::time::timeout(ADMIN_TIMEOUT, s.state.counts())
+        bounded("the queue", s.queue.stats()),
+        bounded("the state store", s.state.counts())
     );
-    let queue = queue
-        .map_err(|e| ApiError::unavailable("the queue", &e))?
-        .map_err(|e| ApiError::unavailable("the queue", &e))?;
-    let states = states
-        .map_err(|e| ApiError::unavailable("the state store", &e))?
-        .map_err(|e| ApiError::unavailable("the state store", &e))?;
+    let (queue, states) = (queue?, states?);
     Ok(Json(json!({
         "ready": queue.ready,
         "inFlight": queue.in_flight,
@@ -147,17 +138,16 @@ pub struct Page {
 }
 
 pub async fn failed(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, false)?;
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
-    let items = s
-        .queue
-        .dead_letters(page.cursor.as_deref(), limit)
-        .await
-        .map_err(|e| ApiError::unavailable("the queue", &e))?;
+    let items = bounded(
+        "the queue",
+        s.queue.dead_letters(page.cursor.as_deref(), limit),
+    )
+    .await?;
     let next = if items.len() == limit {
         items.last().map(|l| l.id.clone())
     } else {
@@ -171,7 +161,7 @@ pub async fn failed(
                 "eventId": l.job.event_id,
                 "type": l.job.event_type,
                 "correlationId": l.job.correlation_id,
-                "payload": serde_json::from_str::<serde_json::Value>(&l.job.payload).unwrap_or_default(),
+                "payload": serde_json::from_str::<Value>(&l.job.payload).unwrap_or_default(),
                 "attempts": l.job.attempt,
                 "replays": l.job.replays,
                 "error": l.error,
@@ -185,67 +175,101 @@ pub async fn failed(
 }
 
 pub async fn replay(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, true)?;
-    let filter: ReplayFilter = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayFilter::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_filter",
-                format!("body must be {{\"eventIds\": [..]}} and/or {{\"type\": ..}}: {e}"),
-            )
-        })?
-    };
-    let ids = s
-        .queue
-        .replay(&filter)
-        .await
-        .map_err(|e| ApiError::unavailable("the queue", &e))?;
+    let filter: ReplayFilter = json_body(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_filter",
+            format!(
+                "body must be {{\"eventIds\": [..]}} and/or {{\"type\": ..}}: {}",
+                e.message
+            ),
+        )
+    })?;
+    let ids = s.queue.replay(&filter).await?;
     tracing::info!(replayed = ids.len(), filter = ?filter, "dead-letter queue replayed");
     Ok(Json(json!({ "replayed": ids.len(), "eventIds": ids })).into_response())
+}
+
+/// Deepest nesting of a live document (MongoDB refuses documents nested past 100 levels).
+const MAX_DOCUMENT_DEPTH: usize = 32;
+
+/// Why `doc` cannot be stored as a live document on every backend: a key that starts with `$`
+/// or holds a NUL, an integer outside the signed 64-bit range, or nesting past
+/// [`MAX_DOCUMENT_DEPTH`].
+fn check_document(doc: &Value, depth: usize) -> Result<(), String> {
+    if depth > MAX_DOCUMENT_DEPTH {
+        return Err(format!("nested deeper than {MAX_DOCUMENT_DEPTH} levels"));
+    }
+    match doc {
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if k.starts_with('$') || k.contains('\0') {
+                return Err(format!("key {k:?} starts with `$` or holds NUL"));
+            }
+            check_document(v, depth + 1)
+        }),
+        Value::Array(items) => items.iter().try_for_each(|v| check_document(v, depth + 1)),
+        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => {
+            Err(format!("integer {n} is outside the signed 64-bit range"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `PUT /context/{kind}/{id}`: creates or replaces a live `order` / `shipment` document that
 /// plugins read through `context.lookup` (admin token required).
 pub async fn put_context(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path((kind, id)): Path<(String, String)>,
-    body: Bytes,
+    ApiPath((kind, id)): ApiPath<(String, String)>,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, true)?;
     if kind != "order" && kind != "shipment" {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+        return Err(ApiError::not_found(
             "not_found",
             "kind must be `order` or `shipment`",
         ));
     }
     if !crate::event::is_printable_id(&id) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "invalid_id",
             "id must be 1 to 128 printable characters",
         ));
     }
-    let doc: serde_json::Value = serde_json::from_slice(&body)
+    let doc: Value = serde_json::from_slice(&body)
         .ok()
-        .filter(serde_json::Value::is_object)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_document",
-                "body must be a JSON object",
-            )
-        })?;
-    s.state
-        .put_context(&kind, &id, &doc.to_string())
-        .await
-        .map_err(|e| ApiError::unavailable("the state store", &e))?;
+        .filter(Value::is_object)
+        .ok_or_else(|| ApiError::bad_request("invalid_document", "body must be a JSON object"))?;
+    check_document(&doc, 0).map_err(|e| ApiError::bad_request("invalid_document", e))?;
+    bounded(
+        "the state store",
+        s.state.put_context(&kind, &id, &doc.to_string()),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_every_backend_can_store() {
+        assert!(check_document(&json!({"a": {"b": [1, -2, 1.5, "x", null]}}), 0).is_ok());
+        for bad in [
+            json!({"$where": 1}),
+            json!({"a": {"$set": 1}}),
+            json!({"a\u{0}b": 1}),
+            json!({"n": 9_223_372_036_854_775_808_u64}),
+        ] {
+            assert!(check_document(&bad, 0).is_err(), "{bad}");
+        }
+        let mut deep = json!(1);
+        for _ in 0..40 {
+            deep = json!({ "d": deep });
+        }
+        assert!(check_document(&deep, 0).unwrap_err().contains("nested"));
+    }
 }

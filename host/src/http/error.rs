@@ -63,3 +63,73 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl ApiError {
+    /// 400 with a stable code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 401 with a message that says what to send.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+}
+
+impl From<crate::queue::Error> for ApiError {
+    fn from(e: crate::queue::Error) -> Self {
+        use crate::queue::Error as Q;
+        match e {
+            Q::Full(depth) => {
+                tracing::warn!(depth, "queue full: shedding load");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue_full",
+                    "the queue is full; retry later",
+                )
+                .retry_after(5)
+            }
+            Q::DlqFull(depth) => {
+                tracing::error!(
+                    depth,
+                    "dead-letter queue at DLQ_MAX_DEPTH: refusing new events until it is drained"
+                );
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "dlq_full",
+                    "the dead-letter queue is full; retry later",
+                )
+                .retry_after(30)
+            }
+            Q::Replayed => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_signature",
+                "this webhook-id was already used with another body (replayed request)",
+            ),
+            Q::InvalidCursor(c) => ApiError::bad_request(
+                "invalid_cursor",
+                format!("cursor {c:?} is not a position of this queue"),
+            ),
+            other @ (Q::Unavailable(_) | Q::Corrupt { .. }) => {
+                ApiError::unavailable("the queue", &other)
+            }
+        }
+    }
+}
+
+impl From<crate::state::Error> for ApiError {
+    fn from(e: crate::state::Error) -> Self {
+        match e {
+            crate::state::Error::Invalid(reason) => {
+                ApiError::bad_request("invalid_document", reason)
+            }
+            other @ crate::state::Error::Unavailable(_) => {
+                ApiError::unavailable("the state store", &other)
+            }
+        }
+    }
+}

@@ -1,7 +1,13 @@
 //! The HTTP API: ingestion, event status, admin, health.
+//!
+//! Every error is JSON (`error::ApiError`), including the rejections of axum's extractors
+//! (`extract`). Admin handlers take [`auth::RequireAdmin`] first: it runs before the body is read.
 
 pub mod admin;
+pub mod auth;
+pub mod client;
 pub mod error;
+pub mod extract;
 pub mod ingest;
 pub mod rollout;
 pub mod signature;
@@ -17,7 +23,6 @@ use axum::routing::{get, post};
 use axum::{Router, body::Body};
 use serde_json::json;
 use tower_governor::GovernorLayer;
-use tower_governor::governor::GovernorConfigBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -33,14 +38,17 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
     pub verifier: signature::Verifier,
+    /// Largest request body (ingestion and admin JSON bodies).
     pub body_limit: usize,
-    /// Longest time to receive a whole body.
+    /// Longest time to receive a whole body (ingestion and admin bodies).
     pub body_timeout: Duration,
     /// Longest wait for the queue append before answering 503.
     pub enqueue_timeout: Duration,
-    /// Requests per client IP per window (0 = no limit).
+    /// Requests per client per window (0 = no limit).
     pub rate_limit: u32,
     pub rate_window: Duration,
+    /// Load balancers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: client::TrustedProxies,
 }
 
 /// What the handlers share.
@@ -52,35 +60,20 @@ pub struct AppState {
     pub ingest: Arc<IngestSettings>,
     pub admin_token: Option<Arc<str>>,
     pub worker_stats: Arc<WorkerStats>,
+    /// `DLQ_MAX_DEPTH` (0 = none), shown by `/ready`.
+    pub dlq_max_depth: u64,
 }
 
 /// The gateway's routes and middleware.
 pub fn router(state: AppState) -> Router {
     let correlation = HeaderName::from_static(CORRELATION_HEADER);
-    let mut ingest = Router::new()
-        .route("/events", post(ingest::ingest))
-        // The handler reads the body itself, with its own limit and deadline.
-        .layer(DefaultBodyLimit::disable());
+    let mut ingest = Router::new().route("/events", post(ingest::ingest));
     if state.ingest.rate_limit > 0 {
-        let per_request = state.ingest.rate_window / state.ingest.rate_limit;
-        let config = GovernorConfigBuilder::default()
-            .period(per_request.max(Duration::from_nanos(1)))
-            .burst_size(state.ingest.rate_limit)
-            .error_handler(|e| {
-                let wait = match &e {
-                    tower_governor::GovernorError::TooManyRequests { wait_time, .. } => *wait_time,
-                    _ => 1,
-                };
-                error::ApiError::new(
-                    axum::http::StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many requests",
-                )
-                .retry_after(wait.max(1))
-                .into_response()
-            })
-            .finish()
-            .expect("valid rate limit");
+        let config = client::rate_limit(
+            state.ingest.rate_limit,
+            state.ingest.rate_window,
+            state.ingest.trusted_proxies.clone(),
+        );
         ingest = ingest.layer(GovernorLayer {
             config: Arc::new(config),
         });
@@ -98,19 +91,24 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins/{name}", get(rollout::status))
         .route(
             "/plugins/{name}/candidate",
-            axum::routing::put(rollout::stage)
-                .delete(rollout::withdraw)
-                .layer(DefaultBodyLimit::max(rollout::MAX_COMPONENT_BYTES)),
+            axum::routing::put(rollout::stage).delete(rollout::withdraw),
         )
         .route("/plugins/{name}/promote", post(rollout::promote))
         .route("/plugins/{name}/rollback", post(rollout::rollback))
         .route("/plugins/{name}/dry-run", post(rollout::dry_run))
         .route("/plugins/{name}/what-if", post(rollout::what_if))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        .fallback(|| async { error::ApiError::not_found("not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .with_state(state)
+        // Bodies are read by `extract::read_limited`, with their own limits and deadline.
+        .layer(DefaultBodyLimit::disable())
         .layer(PropagateRequestIdLayer::new(correlation.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             let id = req.headers().get(CORRELATION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");

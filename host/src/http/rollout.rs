@@ -1,21 +1,21 @@
 //! Plugin rollout endpoints: status, staging a candidate, promotion, rollback, dry runs and
-//! what-if replays. Everything but the status needs the admin token.
+//! what-if replays, all behind the admin token.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::admin::authorize;
+use super::auth::RequireAdmin;
 use super::error::ApiError;
+use super::extract::{ApiPath, ComponentBody, LimitedBody, json_body};
 use crate::event::IncomingEvent;
 use crate::plugin::{
     Answer, CANDIDATE_SUFFIX, Resolved, RolloutError, RouteRequest, SharedContext, StaticContext,
@@ -23,8 +23,6 @@ use crate::plugin::{
 };
 use crate::state::{EventState, ScanFilter};
 
-/// Largest component accepted by `PUT /plugins/{name}/candidate`.
-pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
 /// What-if replays examine at most this many events per request.
 const MAX_WHAT_IF: usize = 5000;
 /// Dry runs of a what-if replay in flight at once (each also waits for a side slot), so that
@@ -52,10 +50,6 @@ fn rollout_error(e: RolloutError) -> ApiError {
     ApiError::new(status, code, e.to_string())
 }
 
-fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, code, message)
-}
-
 fn valid_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -66,30 +60,20 @@ fn valid_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(bad_request(
+        Err(ApiError::bad_request(
             "invalid_name",
             "a plugin name is 1 to 64 characters of [A-Za-z0-9_-]",
         ))
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    serde_json::from_slice(body).map_err(|e| bad_request("invalid_body", e.to_string()))
-}
-
 /// `GET /plugins/{name}`: versions, shadow comparison (with samples), watch and history of one
-/// plugin. Needs the admin token when one is set.
+/// plugin (admin token).
 pub async fn status(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, false)?;
     s.plugins
         .status()
         .into_iter()
@@ -101,12 +85,11 @@ pub async fn status(
 /// `PUT /plugins/{name}/candidate`: checks a component (the body) and, if the host accepts it,
 /// stages it as `<name>.next.wasm`. A refused upload leaves the current candidate alone.
 pub async fn stage(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    body: Bytes,
+    ApiPath(name): ApiPath<String>,
+    ComponentBody(body): ComponentBody,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, true)?;
     valid_name(&name)?;
     match s.plugins.stage_candidate(&name, body.to_vec()).await {
         Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
@@ -120,11 +103,10 @@ pub async fn stage(
 
 /// `DELETE /plugins/{name}/candidate`: stops shadowing and removes `<name>.next.wasm`.
 pub async fn withdraw(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, true)?;
     valid_name(&name)?;
     let version = s
         .plugins
@@ -136,22 +118,20 @@ pub async fn withdraw(
 
 /// `POST /plugins/{name}/promote`.
 pub async fn promote(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, true)?;
     let t = s.plugins.promote(&name).await.map_err(rollout_error)?;
     Ok(Json(t).into_response())
 }
 
 /// `POST /plugins/{name}/rollback`.
 pub async fn rollback(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, true)?;
     let t = s.plugins.rollback(&name).await.map_err(rollout_error)?;
     Ok(Json(t).into_response())
 }
@@ -168,20 +148,19 @@ struct DryRunBody {
 /// `POST /plugins/{name}/dry-run`: the decision of a chosen version for one event, with no
 /// effect on any event, queue or store.
 pub async fn dry_run(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    body: Bytes,
+    ApiPath(name): ApiPath<String>,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, true)?;
-    let body: DryRunBody = parse_json(&body)?;
+    let body: DryRunBody = json_body(&body)?;
     let version = s
         .plugins
         .resolve(&name, &Which::parse(body.version.as_deref()))
         .map_err(rollout_error)?;
     let mut event = body.event;
     let Some(obj) = event.as_object_mut() else {
-        return Err(bad_request(
+        return Err(ApiError::bad_request(
             "invalid_event",
             "`event` must be a JSON object",
         ));
@@ -195,14 +174,16 @@ pub async fn dry_run(
             .as_u64()
             .and_then(|a| u32::try_from(a).ok())
             .filter(|a| *a >= 1)
-            .ok_or_else(|| bad_request("invalid_event", "`attempt` must be a positive integer"))?,
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_event", "`attempt` must be a positive integer")
+            })?,
     };
     let received_at_ms = obj
         .get("receivedAtMs")
         .and_then(Value::as_u64)
         .unwrap_or_else(crate::worker::now_ms);
     let incoming = IncomingEvent::parse(event.to_string().as_bytes())
-        .map_err(|e| bad_request("invalid_event", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request("invalid_event", e.to_string()))?;
     let request = RouteRequest {
         correlation_id: format!("dry-run:{}", incoming.event_id),
         event_id: incoming.event_id,
@@ -263,13 +244,12 @@ struct Past {
 /// this plugin now) through a chosen version as dry runs and reports how the decisions differ
 /// from what happened. Lookups read today's live state.
 pub async fn what_if(
+    _: RequireAdmin,
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    body: Bytes,
+    ApiPath(name): ApiPath<String>,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, true)?;
-    let body: WhatIfBody = parse_json(&body)?;
+    let body: WhatIfBody = json_body(&body)?;
     let version = s
         .plugins
         .resolve(
@@ -283,7 +263,7 @@ pub async fn what_if(
         "events" => from_events(&s, &body.filter, limit).await?,
         "dlq" => from_dlq(&s, &body.filter, limit).await?,
         other => {
-            return Err(bad_request(
+            return Err(ApiError::bad_request(
                 "invalid_source",
                 format!("source must be `events` or `dlq`, not {other:?}"),
             ));
@@ -362,16 +342,12 @@ async fn from_events(
     limit: usize,
 ) -> Result<Vec<Past>, ApiError> {
     if filter.state == Some(EventState::RoutingPending) {
-        return Err(bad_request(
+        return Err(ApiError::bad_request(
             "invalid_filter",
             "state must be ROUTED or FAILED: a pending event has no outcome to compare with",
         ));
     }
-    let events = s
-        .state
-        .scan(filter, limit)
-        .await
-        .map_err(|e| ApiError::unavailable("the state store", &e))?;
+    let events = s.state.scan(filter, limit).await?;
     Ok(events
         .into_iter()
         .map(|e| {
@@ -406,11 +382,7 @@ async fn from_dlq(s: &AppState, filter: &ScanFilter, limit: usize) -> Result<Vec
     let mut found = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_DLQ_PAGES {
-        let page = s
-            .queue
-            .dead_letters(cursor.as_deref(), 500)
-            .await
-            .map_err(|e| ApiError::unavailable("the queue", &e))?;
+        let page = s.queue.dead_letters(cursor.as_deref(), 500).await?;
         let last = page.last().map(|l| l.id.clone());
         let full = page.len() == 500;
         for l in page {

@@ -34,6 +34,19 @@ pub enum SignatureError {
     Mismatch,
     #[error("webhook-timestamp is outside the accepted window")]
     Stale,
+    #[error(
+        "this gateway accepts only Standard Webhooks signatures (webhook-id, webhook-timestamp, webhook-signature)"
+    )]
+    TimestampRequired,
+}
+
+/// Which scheme a request was verified with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// `x-hmac-signature`: no id, no timestamp.
+    Hmac,
+    /// Standard Webhooks, with the producer's message id (`webhook-id`).
+    Webhook { message_id: String },
 }
 
 /// The active secrets and the replay window.
@@ -41,6 +54,8 @@ pub enum SignatureError {
 pub struct Verifier {
     keys: Vec<Vec<u8>>,
     tolerance: Duration,
+    /// Refuse the untimestamped `x-hmac-signature` scheme.
+    timestamped_only: bool,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -48,6 +63,7 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("secrets", &self.keys.len())
             .field("tolerance", &self.tolerance)
+            .field("timestamped_only", &self.timestamped_only)
             .finish()
     }
 }
@@ -90,7 +106,24 @@ impl Verifier {
         if keys.is_empty() {
             return Err("at least one HMAC secret is required (HMAC_SECRET)".into());
         }
-        Ok(Verifier { keys, tolerance })
+        Ok(Verifier {
+            keys,
+            tolerance,
+            timestamped_only: false,
+        })
+    }
+
+    /// The same verifier, refusing `x-hmac-signature` when `yes`
+    /// (`REQUIRE_TIMESTAMPED_SIGNATURES`).
+    pub fn timestamped_only(mut self, yes: bool) -> Self {
+        self.timestamped_only = yes;
+        self
+    }
+
+    /// How long a message id must be remembered to refuse every replay of it: a timestamp is
+    /// accepted from `tolerance` before to `tolerance` after it.
+    pub fn replay_window(&self) -> Duration {
+        self.tolerance * 2
     }
 
     /// The MAC of `parts` under each active key (computed once per request, whatever the number
@@ -122,7 +155,7 @@ impl Verifier {
         headers: &HeaderMap,
         body: &[u8],
         now_secs: u64,
-    ) -> Result<(), SignatureError> {
+    ) -> Result<Verified, SignatureError> {
         if let Some(signatures) = single(headers, WEBHOOK_SIGNATURE)? {
             let id = single(headers, WEBHOOK_ID)?.ok_or(SignatureError::Malformed(WEBHOOK_ID))?;
             let ts_text = single(headers, WEBHOOK_TIMESTAMP)?
@@ -145,7 +178,9 @@ impl Verifier {
                     && let Ok(sig) = B64.decode(b64)
                     && Self::matches(&expected, &sig)
                 {
-                    return Ok(());
+                    return Ok(Verified::Webhook {
+                        message_id: id.to_string(),
+                    });
                 }
             }
             return Err(if any_v1 {
@@ -153,6 +188,9 @@ impl Verifier {
             } else {
                 SignatureError::Malformed(WEBHOOK_SIGNATURE)
             });
+        }
+        if self.timestamped_only {
+            return Err(SignatureError::TimestampRequired);
         }
         let Some(value) = single(headers, HMAC_HEADER)? else {
             return Err(SignatureError::Missing);
@@ -163,7 +201,7 @@ impl Verifier {
         }
         let sig = hex::decode(hex_sig).map_err(|_| SignatureError::Malformed(HMAC_HEADER))?;
         if Self::matches(&self.macs(&[body]), &sig) {
-            Ok(())
+            Ok(Verified::Hmac)
         } else {
             Err(SignatureError::Mismatch)
         }
@@ -192,6 +230,12 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
 
+    fn webhook(id: &str) -> Verified {
+        Verified::Webhook {
+            message_id: id.into(),
+        }
+    }
+
     fn verifier() -> Verifier {
         Verifier::new(&["old-secret", "new-secret"], Duration::from_secs(300)).unwrap()
     }
@@ -211,12 +255,12 @@ mod tests {
             let sig = sign_hex(secret.as_bytes(), body);
             assert_eq!(
                 verifier().verify(&headers(&[(HMAC_HEADER, &sig)]), body, NOW),
-                Ok(())
+                Ok(Verified::Hmac)
             );
             let prefixed = format!("sha256={}", sig.to_uppercase());
             assert_eq!(
                 verifier().verify(&headers(&[(HMAC_HEADER, &prefixed)]), body, NOW),
-                Ok(())
+                Ok(Verified::Hmac)
             );
         }
         let sig = sign_hex(b"other", body);
@@ -268,8 +312,8 @@ mod tests {
             (WEBHOOK_TIMESTAMP, &ts),
             (WEBHOOK_SIGNATURE, &sig),
         ]);
-        assert_eq!(v.verify(&ok, body, NOW), Ok(()));
-        assert_eq!(v.verify(&ok, body, NOW + 299), Ok(()));
+        assert_eq!(v.verify(&ok, body, NOW), Ok(webhook("msg_1")));
+        assert_eq!(v.verify(&ok, body, NOW + 299), Ok(webhook("msg_1")));
         assert_eq!(v.verify(&ok, body, NOW + 301), Err(SignatureError::Stale));
         assert_eq!(v.verify(&ok, body, NOW - 301), Err(SignatureError::Stale));
         // Several signatures in one header: any valid one will do.
@@ -279,7 +323,7 @@ mod tests {
             (WEBHOOK_TIMESTAMP, &ts),
             (WEBHOOK_SIGNATURE, &many),
         ]);
-        assert_eq!(v.verify(&h, body, NOW), Ok(()));
+        assert_eq!(v.verify(&h, body, NOW), Ok(webhook("msg_1")));
         // The id is signed: another id does not verify.
         let h = headers(&[
             (WEBHOOK_ID, "msg_2"),
@@ -319,7 +363,27 @@ mod tests {
             (WEBHOOK_TIMESTAMP, &ts),
             (WEBHOOK_SIGNATURE, &few),
         ]);
-        assert_eq!(v.verify(&h, body, NOW), Ok(()));
+        assert_eq!(v.verify(&h, body, NOW), Ok(webhook("m")));
+    }
+
+    #[test]
+    fn timestamped_only_refuses_the_plain_hmac_scheme() {
+        let v = verifier().timestamped_only(true);
+        let body = b"{}";
+        let sig = sign_hex(b"new-secret", body);
+        assert_eq!(
+            v.verify(&headers(&[(HMAC_HEADER, &sig)]), body, NOW),
+            Err(SignatureError::TimestampRequired)
+        );
+        let sig = sign_webhook(b"new-secret", "m", NOW, body);
+        let ts = NOW.to_string();
+        let h = headers(&[
+            (WEBHOOK_ID, "m"),
+            (WEBHOOK_TIMESTAMP, &ts),
+            (WEBHOOK_SIGNATURE, &sig),
+        ]);
+        assert_eq!(v.verify(&h, body, NOW), Ok(webhook("m")));
+        assert_eq!(v.replay_window(), Duration::from_secs(600));
     }
 
     #[test]
@@ -330,7 +394,7 @@ mod tests {
         let sig = sign_hex(key, b"x");
         assert_eq!(
             v.verify(&headers(&[(HMAC_HEADER, &sig)]), b"x", NOW),
-            Ok(())
+            Ok(Verified::Hmac)
         );
         assert!(Verifier::new(&["", " "], Duration::from_secs(1)).is_err());
     }

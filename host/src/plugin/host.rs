@@ -258,6 +258,7 @@ impl PluginHost {
             event_id: request.event_id.clone(),
             config,
             context: context.unwrap_or_else(|| self.inner.context.clone()),
+            side: false,
         }
     }
 
@@ -392,6 +393,12 @@ impl PluginHost {
                 .call_side(&slot, &loaded.prepared, call, &request)
                 .await;
             drop(slot);
+            // The host could not run the candidate (memory pressure, say): nothing to compare.
+            if result.as_ref().is_err_and(PluginError::is_host_side) {
+                candidate.stats.skipped();
+                crate::metrics::shadow(&name, "skipped");
+                return;
+            }
             let differed = candidate.stats.compare(DiffSample {
                 event_id: request.event_id.clone(),
                 event_type: request.event_type.clone(),

@@ -97,6 +97,13 @@ pub enum PluginError {
     /// The host could not instantiate the plugin (e.g. the instance pool is exhausted).
     #[error("plugin could not be instantiated: {0}")]
     Instantiate(String),
+    /// The plugins together use `PLUGIN_MEMORY_TOTAL_MB`: this call's growth was refused. The
+    /// host's state, not the event's or the version's fault.
+    #[error("plugin memory budget of {0} bytes in use by other calls; the call is deferred")]
+    MemoryPressure(u64),
+    /// The plugin broke a per-call limit other than time and memory (e.g. too many lookups).
+    #[error("plugin exceeded a limit: {0}")]
+    LimitExceeded(String),
 }
 
 impl PluginError {
@@ -104,6 +111,24 @@ impl PluginError {
     /// (a fixed plugin version may be deployed meanwhile); attempts are bounded by the caller.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, PluginError::Permanent(_))
+    }
+
+    /// A failure of the host, not of the event or of the plugin's answer: no plugin for the
+    /// type, the instance pool or the memory budget exhausted, live state unreachable. Such an
+    /// attempt is deferred without being spent.
+    pub fn is_host_side(&self) -> bool {
+        matches!(
+            self,
+            PluginError::NoPlugin(_)
+                | PluginError::ContextUnavailable(_)
+                | PluginError::Instantiate(_)
+                | PluginError::MemoryPressure(_)
+        )
+    }
+
+    /// The plugin's own answer (`transient` or `permanent`), as opposed to a failure.
+    pub fn is_route_error(&self) -> bool {
+        matches!(self, PluginError::Transient(_) | PluginError::Permanent(_))
     }
 
     /// A short stable name of the failure class, for metrics and event history.
@@ -118,6 +143,8 @@ impl PluginError {
             PluginError::NoPlugin(_) => "no_plugin",
             PluginError::ContextUnavailable(_) => "context_unavailable",
             PluginError::Instantiate(_) => "instantiate",
+            PluginError::MemoryPressure(_) => "memory_pressure",
+            PluginError::LimitExceeded(_) => "limit_exceeded",
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct RolloutPolicy {
     /// Fraction of live events a candidate shadows (by event id, so every attempt of an event
     /// is shadowed or none is).
     pub shadow_sample_rate: f64,
+    /// Count the plugin's own `transient` / `permanent` answers as failures (by default only
+    /// traps, timeouts, exhausted limits and invalid output count).
+    pub count_route_errors: bool,
 }
 
 impl RolloutPolicy {
@@ -50,6 +53,7 @@ impl Default for RolloutPolicy {
             min_calls: 20,
             max_failure_rate: 0.5,
             shadow_sample_rate: 1.0,
+            count_route_errors: false,
         }
     }
 }
@@ -208,14 +212,17 @@ pub struct HistoryEntry {
     pub reason: Option<String>,
 }
 
-/// Is `e` the version's own fault? Failures of the host (state store down, pool exhausted) are
-/// not held against a version.
-fn counts_against_version(e: &PluginError) -> Option<bool> {
-    match e {
-        PluginError::ContextUnavailable(_)
-        | PluginError::Instantiate(_)
-        | PluginError::NoPlugin(_) => None,
-        _ => Some(true),
+/// Is `e` the version's own fault (`Some(true)`), an answer that is no failure (`Some(false)`),
+/// or not about the version at all (`None`: failures of the host such as an unreachable state
+/// store or an exhausted pool are not counted)? A plugin's `transient` / `permanent` answers are
+/// answers: they count as failures only when `count_route_errors` is set.
+fn counts_against_version(e: &PluginError, count_route_errors: bool) -> Option<bool> {
+    if e.is_host_side() {
+        None
+    } else if e.is_route_error() {
+        Some(count_route_errors)
+    } else {
+        Some(true)
     }
 }
 
@@ -228,6 +235,7 @@ pub struct Watch {
     window: Duration,
     min_calls: u64,
     max_failure_rate: f64,
+    count_route_errors: bool,
     calls: AtomicU64,
     failures: AtomicU64,
     fired: AtomicBool,
@@ -253,6 +261,7 @@ impl Watch {
             window: policy.window,
             min_calls: policy.min_calls.max(1),
             max_failure_rate: policy.max_failure_rate,
+            count_route_errors: policy.count_route_errors,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             fired: AtomicBool::new(false),
@@ -267,7 +276,7 @@ impl Watch {
         }
         let failed = match result {
             Ok(_) => false,
-            Err(e) => counts_against_version(e)?,
+            Err(e) => counts_against_version(e, self.count_route_errors)?,
         };
         let calls = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let failures = self
@@ -358,6 +367,35 @@ mod tests {
         assert!(ids.iter().all(|id| policy(1.0).samples(id)));
         assert!(!ids.iter().any(|id| policy(0.0).samples(id)));
         assert_eq!(policy(0.25).samples("x"), policy(0.25).samples("x"));
+    }
+
+    #[test]
+    fn route_errors_are_answers_unless_counting_them_is_asked_for() {
+        let policy = RolloutPolicy {
+            window: Duration::from_secs(60),
+            min_calls: 4,
+            max_failure_rate: 0.5,
+            ..RolloutPolicy::default()
+        };
+        let permanent = Err(PluginError::Permanent("not ours".into()));
+        let transient = Err(PluginError::Transient("later".into()));
+        let w = Watch::new("v".into(), &policy, 0).unwrap();
+        for _ in 0..10 {
+            assert_eq!(w.record(&permanent), None);
+            assert_eq!(w.record(&transient), None);
+        }
+        let s = w.snapshot();
+        assert_eq!((s.calls, s.failures, s.active), (20, 0, true));
+        // Memory pressure is the host's state, not the version's.
+        assert_eq!(w.record(&Err(PluginError::MemoryPressure(1))), None);
+        assert_eq!(w.snapshot().calls, 20);
+        let counting = RolloutPolicy {
+            count_route_errors: true,
+            ..policy
+        };
+        let w = Watch::new("v".into(), &counting, 0).unwrap();
+        let fired = (0..4).filter_map(|_| w.record(&permanent)).count();
+        assert_eq!(fired, 1);
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Linear memory cap of one instance, in bytes.
     pub memory_bytes: u64,
+    /// Linear memory of all instances together, in bytes: a growth past it is refused and the
+    /// call fails with [`PluginError::MemoryPressure`] (the host's state, not the plugin's fault).
+    pub memory_total_bytes: u64,
+    /// `context.lookup` calls one call may make; the next one fails the call.
+    pub context_lookups: u32,
     /// How many calls may run at once; sizes the instance pool. Further calls wait for a slot.
     pub max_concurrent_calls: u32,
     /// Calls beside live traffic (shadow comparisons, dry runs, what-if replays) that may run at
@@ -41,6 +46,8 @@ impl Default for Limits {
         Limits {
             call_timeout: Duration::from_secs(10),
             memory_bytes: 64 << 20,
+            memory_total_bytes: 4096 << 20,
+            context_lookups: 16,
             max_concurrent_calls: 1024,
             side_calls: 64,
             max_decision_bytes: 64 << 10,
@@ -65,6 +72,53 @@ pub struct Sandbox {
     slots: Arc<Semaphore>,
     side_slots: Arc<Semaphore>,
     limits: Arc<Limits>,
+    budget: Arc<MemoryBudget>,
+}
+
+/// Linear memory charged by every live instance, against [`Limits::memory_total_bytes`]. Calls
+/// beside live traffic (shadow comparisons, dry runs) may hold at most a quarter of it, so that
+/// they never push live routing into memory pressure.
+#[derive(Debug)]
+struct MemoryBudget {
+    total: u64,
+    used: std::sync::atomic::AtomicU64,
+    side_used: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryBudget {
+    fn side_total(&self) -> u64 {
+        self.total / 4
+    }
+
+    /// Charges `bytes` if they fit under the total (and, for a side call, under its share).
+    fn charge(&self, bytes: u64, side: bool) -> bool {
+        use std::sync::atomic::Ordering;
+        let fits = |counter: &std::sync::atomic::AtomicU64, limit: u64| {
+            counter
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    used.checked_add(bytes).filter(|n| *n <= limit)
+                })
+                .is_ok()
+        };
+        if side && !fits(&self.side_used, self.side_total()) {
+            return false;
+        }
+        if fits(&self.used, self.total) {
+            return true;
+        }
+        if side {
+            self.side_used.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        false
+    }
+
+    fn refund(&self, bytes: u64, side: bool) {
+        use std::sync::atomic::Ordering;
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        if side {
+            self.side_used.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -145,12 +199,22 @@ impl Sandbox {
             linker: Arc::new(linker),
             slots: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1) as usize)),
             side_slots: Arc::new(Semaphore::new(limits.side_calls as usize)),
+            budget: Arc::new(MemoryBudget {
+                total: limits.memory_total_bytes,
+                used: Default::default(),
+                side_used: Default::default(),
+            }),
             limits: Arc::new(limits),
         })
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Linear memory held by plugin instances right now, in bytes.
+    pub fn memory_in_use(&self) -> u64 {
+        self.budget.used.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -232,7 +296,8 @@ impl Sandbox {
         if !plugin.is_keyed() {
             return Ok(None);
         }
-        self.key(plugin, call, request).await
+        self.key(plugin, CallContext { side: true, ..call }, request)
+            .await
     }
 
     async fn key(
@@ -283,7 +348,8 @@ impl Sandbox {
         call: CallContext,
         request: &RouteRequest,
     ) -> Result<Decision, PluginError> {
-        self.route(plugin, call, request).await
+        self.route(plugin, CallContext { side: true, ..call }, request)
+            .await
     }
 
     async fn route(
@@ -321,9 +387,16 @@ impl Sandbox {
             memory: MemoryLimiter {
                 cap: limits.memory_bytes,
                 exceeded: false,
+                side: call.side,
+                budget: self.budget.clone(),
+                charged: 0,
+                last_charge: 0,
+                pressure: false,
             },
             log_lines_left: limits.max_log_lines,
+            lookups_left: limits.context_lookups,
             context_error: None,
+            limit_error: None,
             call,
         };
         let mut store = Store::new(&self.engine, state);
@@ -368,21 +441,22 @@ impl Sandbox {
             }
         };
         let outcome = tokio::time::timeout(limits.call_timeout, run).await;
+        let data = store.data();
         match outcome {
             Err(_) => Err(PluginError::Timeout(limits.call_timeout.as_millis() as u64)),
-            Ok(Err(Failure::Instantiate(msg))) if store.data().memory.exceeded => {
-                let _ = msg;
+            Ok(Err(_)) if data.memory.exceeded => {
                 Err(PluginError::MemoryExceeded(limits.memory_bytes))
+            }
+            Ok(Err(_)) if data.memory.pressure => {
+                Err(PluginError::MemoryPressure(limits.memory_total_bytes))
             }
             Ok(Err(Failure::Instantiate(msg))) => Err(PluginError::Instantiate(msg)),
-            Ok(Err(Failure::Guest(_))) if store.data().memory.exceeded => {
-                Err(PluginError::MemoryExceeded(limits.memory_bytes))
-            }
-            Ok(Err(Failure::Guest(_))) if store.data().context_error.is_some() => {
-                Err(PluginError::ContextUnavailable(
-                    store.data().context_error.clone().unwrap_or_default(),
-                ))
-            }
+            Ok(Err(Failure::Guest(_))) if data.limit_error.is_some() => Err(
+                PluginError::LimitExceeded(data.limit_error.clone().unwrap_or_default()),
+            ),
+            Ok(Err(Failure::Guest(_))) if data.context_error.is_some() => Err(
+                PluginError::ContextUnavailable(data.context_error.clone().unwrap_or_default()),
+            ),
             Ok(Err(Failure::Guest(e))) => Err(PluginError::Trap(describe_trap(&e, &stderr))),
             Ok(Ok(reply)) => Ok(reply),
         }
@@ -470,6 +544,8 @@ pub(crate) struct CallContext {
     pub event_id: String,
     pub config: Arc<BTreeMap<String, String>>,
     pub context: SharedContext,
+    /// Beside live traffic (a shadow comparison, a dry run): set by the side-slot calls.
+    pub side: bool,
 }
 
 pub(crate) struct HostState {
@@ -477,7 +553,10 @@ pub(crate) struct HostState {
     table: ResourceTable,
     memory: MemoryLimiter,
     log_lines_left: u32,
+    lookups_left: u32,
     context_error: Option<String>,
+    /// Set when the call broke a per-call limit (other than time and memory).
+    limit_error: Option<String>,
     call: CallContext,
 }
 
@@ -492,6 +571,12 @@ impl WasiView for HostState {
 
 impl wit_context::Host for HostState {
     async fn lookup(&mut self, kind: String, id: String) -> wasmtime::Result<Option<String>> {
+        if self.lookups_left == 0 {
+            let e = "more context lookups than CONTEXT_LOOKUPS_MAX allows in one call".to_string();
+            self.limit_error = Some(e.clone());
+            return Err(wasmtime::Error::msg(e));
+        }
+        self.lookups_left -= 1;
         match self.call.context.lookup(&kind, &id).await {
             Ok(doc) => Ok(doc),
             Err(e) => {
@@ -551,17 +636,33 @@ pub(crate) fn short(version: &str) -> &str {
     &version[..version.len().min(12)]
 }
 
-/// Caps linear memory and remembers that the cap was hit, so the resulting failure is reported
-/// as [`PluginError::MemoryExceeded`] rather than a generic trap.
+/// Caps one instance's linear memory and charges its actual growth (creation included) to the
+/// shared budget; remembers which limit refused a growth, so that the resulting failure is
+/// reported as [`PluginError::MemoryExceeded`] (the plugin's) or
+/// [`PluginError::MemoryPressure`] (the host's) rather than as a generic trap. Nothing waits:
+/// a refused growth fails the call at once. The charge is refunded when the store is dropped.
 struct MemoryLimiter {
     cap: u64,
     exceeded: bool,
+    /// A call beside live traffic: charged to the side share too.
+    side: bool,
+    budget: Arc<MemoryBudget>,
+    charged: u64,
+    /// The last growth charged, refunded if the growth then fails.
+    last_charge: u64,
+    pressure: bool,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.budget.refund(self.charged, self.side);
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -569,7 +670,21 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.exceeded = true;
             return Ok(false);
         }
+        let growth = desired.saturating_sub(current) as u64;
+        if !self.budget.charge(growth, self.side) {
+            self.pressure = true;
+            return Ok(false);
+        }
+        self.charged += growth;
+        self.last_charge = growth;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.budget.refund(self.last_charge, self.side);
+        self.charged -= self.last_charge;
+        self.last_charge = 0;
+        Ok(())
     }
 
     fn table_growing(
@@ -619,5 +734,33 @@ mod tests {
         let m = clip("é".repeat(5000));
         assert!(m.len() <= MAX_ERROR_MESSAGE + 12 && m.ends_with("[truncated]"));
         assert_eq!(clip("short".into()), "short");
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::MemoryBudget;
+
+    #[test]
+    fn side_calls_hold_at_most_a_quarter_and_refunds_balance() {
+        let b = MemoryBudget {
+            total: 100,
+            used: Default::default(),
+            side_used: Default::default(),
+        };
+        assert!(b.charge(25, true));
+        assert!(!b.charge(1, true), "the side share is full");
+        assert!(b.charge(75, false), "live calls get the rest");
+        assert!(!b.charge(1, false), "the whole budget is in use");
+        b.refund(25, true);
+        assert!(
+            !b.charge(30, true),
+            "a side growth past its share is refused"
+        );
+        assert!(b.charge(25, true));
+        b.refund(25, true);
+        b.refund(75, false);
+        let used = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((used(&b.used), used(&b.side_used)), (0, 0));
     }
 }

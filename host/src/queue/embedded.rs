@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use redb::{ReadableTable, ReadableTableMetadata};
 use tokio::sync::Notify;
 
-use super::{DeadLetter, Delivery, Error, Queue, QueueStats, ReplayFilter};
-use crate::embedded::{ACCEPTED, DELAYED, DLQ, EmbeddedDb, JOBS};
+use super::{DeadLetter, Delivery, Error, Queue, QueueStats, ReplayFilter, ReplayGuard};
+use crate::embedded::{ACCEPTED, DELAYED, DLQ, EmbeddedDb, JOBS, MESSAGE_EXPIRY, MESSAGE_IDS};
 use crate::event::Job;
 
 type E = crate::embedded::Error;
@@ -35,6 +35,44 @@ fn seq_of(id: &str) -> Result<u64, Error> {
         id: id.to_string(),
         reason: "not an embedded queue id".into(),
     })
+}
+
+/// A dead-letter cursor: one of the ids this queue hands out (20 digits).
+fn cursor_of(id: &str) -> Result<u64, Error> {
+    Some(id)
+        .filter(|id| id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| Error::InvalidCursor(id.to_string()))
+}
+
+/// Checks `guard`'s message id and remembers it (the first body's digest, until it expires).
+/// `false` when the id was seen with another body within its window.
+fn remember_message(
+    txn: &redb::WriteTransaction,
+    guard: &ReplayGuard,
+    now_ms: u64,
+) -> Result<bool, E> {
+    let mut ids = txn.open_table(MESSAGE_IDS).map_err(E::from)?;
+    let seen = ids
+        .get(guard.message_id.as_str())
+        .map_err(E::from)?
+        .map(|v| {
+            let (expires, digest) = v.value();
+            (expires, digest.to_string())
+        });
+    match seen {
+        Some((expires, digest)) if expires > now_ms => Ok(digest == guard.digest),
+        _ => {
+            let expires = now_ms + guard.ttl.as_millis() as u64;
+            ids.insert(guard.message_id.as_str(), (expires, guard.digest.as_str()))
+                .map_err(E::from)?;
+            txn.open_table(MESSAGE_EXPIRY)
+                .map_err(E::from)?
+                .insert((expires, guard.message_id.as_str()), ())
+                .map_err(E::from)?;
+            Ok(true)
+        }
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, E> {
@@ -102,7 +140,12 @@ pub struct EmbeddedQueue {
     /// Next sequence number; shared with write closures, which run on the writer thread.
     seq: Arc<AtomicU64>,
     delayed: AtomicU64,
+    /// Entries in the dead-letter table.
+    dead: Arc<AtomicU64>,
+    /// Where the next reclaim pass starts (a sequence number; 0 after a full sweep).
+    reclaim_from: AtomicU64,
     max_depth: u64,
+    dlq_max_depth: u64,
 }
 
 impl std::fmt::Debug for EmbeddedQueue {
@@ -114,9 +157,10 @@ impl std::fmt::Debug for EmbeddedQueue {
 }
 
 impl EmbeddedQueue {
-    /// Loads the queue from the store: every entry in `jobs` is ready.
-    pub fn open(db: EmbeddedDb, max_depth: u64) -> Result<Self, Error> {
-        let (ready, delayed, max_seq) = db
+    /// Loads the queue from the store: every entry in `jobs` is ready. `max_depth` and
+    /// `dlq_max_depth` bound ready + delayed entries and dead letters (0 = no bound).
+    pub fn open(db: EmbeddedDb, max_depth: u64, dlq_max_depth: u64) -> Result<Self, Error> {
+        let (ready, delayed, dead, max_seq) = db
             .read(|txn| {
                 let jobs = txn.open_table(JOBS).map_err(E::from)?;
                 let mut ready = VecDeque::new();
@@ -136,7 +180,12 @@ impl EmbeddedQueue {
                     let (k, _) = row.map_err(E::from)?;
                     last_delayed = last_delayed.max(k.value().1);
                 }
-                Ok((ready, delayed_t.len().map_err(E::from)?, last_job.max(last_dlq).max(last_delayed)))
+                Ok((
+                    ready,
+                    delayed_t.len().map_err(E::from)?,
+                    dlq.len().map_err(E::from)?,
+                    last_job.max(last_dlq).max(last_delayed),
+                ))
             })
             .map_err(storage)?;
         if !ready.is_empty() {
@@ -156,7 +205,10 @@ impl EmbeddedQueue {
             }),
             seq: Arc::new(AtomicU64::new(max_seq + 1)),
             delayed: AtomicU64::new(delayed),
+            dead: Arc::new(AtomicU64::new(dead)),
+            reclaim_from: AtomicU64::new(0),
             max_depth,
+            dlq_max_depth,
         })
     }
 
@@ -190,7 +242,7 @@ impl EmbeddedQueue {
 
 #[async_trait]
 impl Queue for EmbeddedQueue {
-    async fn enqueue(&self, job: &Job) -> Result<(), Error> {
+    async fn enqueue(&self, job: &Job, guard: Option<&ReplayGuard>) -> Result<(), Error> {
         if self.max_depth > 0 {
             let depth = {
                 let mem = self.mem();
@@ -199,6 +251,10 @@ impl Queue for EmbeddedQueue {
             if depth >= self.max_depth {
                 return Err(Error::Full(depth));
             }
+        }
+        let dead = self.dead.load(Ordering::Relaxed);
+        if self.dlq_max_depth > 0 && dead >= self.dlq_max_depth {
+            return Err(Error::DlqFull(dead));
         }
         let seq = self.next_seq();
         let bytes = json(job).map_err(storage)?;
@@ -210,9 +266,16 @@ impl Queue for EmbeddedQueue {
                 job: job.clone(),
             },
         );
-        self.db
+        let guard = guard.cloned();
+        let appended = self
+            .db
             .write_then(
                 move |txn| {
+                    if let Some(g) = &guard
+                        && !remember_message(txn, g, crate::worker::now_ms())?
+                    {
+                        return Ok(false);
+                    }
                     txn.open_table(JOBS)
                         .map_err(E::from)?
                         .insert(seq, bytes.as_slice())
@@ -221,12 +284,21 @@ impl Queue for EmbeddedQueue {
                         .map_err(E::from)?
                         .insert(event_id.as_str(), received)
                         .map_err(E::from)?;
-                    Ok(())
+                    Ok(true)
                 },
-                move |_| ready.push([delivery]),
+                move |appended| {
+                    if *appended {
+                        ready.push([delivery])
+                    }
+                },
             )
             .await
-            .map_err(storage)
+            .map_err(storage)?;
+        if appended {
+            Ok(())
+        } else {
+            Err(Error::Replayed)
+        }
     }
 
     async fn fetch(
@@ -257,11 +329,16 @@ impl Queue for EmbeddedQueue {
         let mut mem = self.mem();
         let now = Instant::now();
         let mut out = Vec::new();
-        // Oldest entries first, as a Redis consumer group hands them back.
-        let mut idle: Vec<_> = mem.in_flight.iter_mut().collect();
-        idle.sort_by_key(|(seq, _)| **seq);
-        for (_, (fetched, d)) in idle {
+        // In entry order from where the last pass stopped, as a Redis consumer group's
+        // XAUTOCLAIM cursor goes: each pass goes on rather than re-reading the head.
+        let mut entries: Vec<_> = mem.in_flight.iter_mut().collect();
+        entries.sort_by_key(|(seq, _)| **seq);
+        let from = self.reclaim_from.load(Ordering::Relaxed);
+        let start = entries.partition_point(|(seq, _)| **seq < from);
+        let mut next_from = 0;
+        for (seq, (fetched, d)) in entries.into_iter().skip(start) {
             if out.len() >= max {
+                next_from = *seq;
                 break;
             }
             if now.duration_since(*fetched) >= min_idle {
@@ -269,7 +346,39 @@ impl Queue for EmbeddedQueue {
                 out.push(d.clone());
             }
         }
+        self.reclaim_from.store(next_from, Ordering::Relaxed);
         Ok(out)
+    }
+
+    async fn touch(&self, _consumer: &str, ids: &[String]) -> Result<(), Error> {
+        let mut mem = self.mem();
+        let now = Instant::now();
+        for seq in ids.iter().filter_map(|id| id.parse::<u64>().ok()) {
+            if let Some((fetched, _)) = mem.in_flight.get_mut(&seq) {
+                *fetched = now;
+            }
+        }
+        Ok(())
+    }
+
+    async fn update(&self, delivery: &Delivery, job: &Job) -> Result<(), Error> {
+        let seq = seq_of(&delivery.id)?;
+        let bytes = json(job).map_err(storage)?;
+        self.db
+            .write(move |txn| {
+                let mut jobs = txn.open_table(JOBS).map_err(E::from)?;
+                // Only while the entry is queued: a finished one stays finished.
+                if jobs.get(seq).map_err(E::from)?.is_some() {
+                    jobs.insert(seq, bytes.as_slice()).map_err(E::from)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(storage)?;
+        if let Some((_, d)) = self.mem().in_flight.get_mut(&seq) {
+            d.job = job.clone();
+        }
+        Ok(())
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {
@@ -324,15 +433,22 @@ impl Queue for EmbeddedQueue {
         };
         let bytes = json(&letter).map_err(storage)?;
         let event_id = delivery.job.event_id.clone();
+        let dead = self.dead.clone();
         self.db
-            .write(move |txn| {
-                finish_entry(txn, seq, Some(&event_id))?;
-                txn.open_table(DLQ)
-                    .map_err(E::from)?
-                    .insert(new_seq, bytes.as_slice())
-                    .map_err(E::from)?;
-                Ok(())
-            })
+            .write_then(
+                move |txn| {
+                    finish_entry(txn, seq, Some(&event_id))?;
+                    txn.open_table(DLQ)
+                        .map_err(E::from)?
+                        .insert(new_seq, bytes.as_slice())
+                        .map_err(E::from)?;
+                    Ok(())
+                },
+                // Counted with the commit, on the writer thread, as replays uncount.
+                move |_| {
+                    dead.fetch_add(1, Ordering::Relaxed);
+                },
+            )
             .await
             .map_err(storage)?;
         self.done(delivery);
@@ -384,7 +500,7 @@ impl Queue for EmbeddedQueue {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, Error> {
         let start = match after {
-            Some(a) => Bound::Excluded(seq_of(a)?),
+            Some(a) => Bound::Excluded(cursor_of(a)?),
             None => Bound::Unbounded,
         };
         self.db
@@ -414,7 +530,7 @@ impl Queue for EmbeddedQueue {
 
     async fn replay(&self, filter: &ReplayFilter) -> Result<Vec<String>, Error> {
         let filter = filter.clone();
-        let (seq, ready) = (self.seq.clone(), self.ready.clone());
+        let (seq, ready, dead) = (self.seq.clone(), self.ready.clone(), self.dead.clone());
         let (ids, _moved) = self
             .db
             .write_then(
@@ -434,11 +550,7 @@ impl Queue for EmbeddedQueue {
                     let mut moved = Vec::new();
                     for (key, job) in matching {
                         dlq.remove(key).map_err(E::from)?;
-                        let job = Job {
-                            attempt: 1,
-                            replays: job.replays + 1,
-                            ..job
-                        };
+                        let job = job.replayed();
                         let s = seq.fetch_add(1, Ordering::Relaxed);
                         jobs.insert(s, json(&job)?.as_slice()).map_err(E::from)?;
                         accepted
@@ -452,7 +564,10 @@ impl Queue for EmbeddedQueue {
                         .collect::<Vec<_>>())
                     .map(|ids| (ids, moved))
                 },
-                move |(_, moved): &(Vec<String>, Vec<Delivery>)| ready.push(moved.iter().cloned()),
+                move |(_, moved): &(Vec<String>, Vec<Delivery>)| {
+                    dead.fetch_sub(moved.len() as u64, Ordering::Relaxed);
+                    ready.push(moved.iter().cloned())
+                },
             )
             .await
             .map_err(storage)?;
@@ -477,19 +592,55 @@ impl Queue for EmbeddedQueue {
             let mem = self.mem();
             (mem.ready.len() as u64, mem.in_flight.len() as u64)
         };
-        let dead_lettered = self
-            .db
-            .read(|txn| txn.open_table(DLQ).map_err(E::from)?.len().map_err(E::from))
-            .map_err(storage)?;
         Ok(QueueStats {
             ready,
             in_flight,
             delayed: self.delayed.load(Ordering::Relaxed),
-            dead_lettered,
+            dead_lettered: self.dead.load(Ordering::Relaxed),
         })
     }
 
     async fn ping(&self) -> Result<(), Error> {
         self.db.read(|_| Ok(())).map_err(storage)
+    }
+
+    /// Forgets signed message ids whose replay window has passed.
+    async fn maintain(&self, now_ms: u64) -> Result<(), Error> {
+        let expired = self
+            .db
+            .read(|txn| {
+                let by_expiry = txn.open_table(MESSAGE_EXPIRY).map_err(E::from)?;
+                let mut out = Vec::new();
+                for row in by_expiry
+                    .range(..(now_ms, ""))
+                    .map_err(E::from)?
+                    .take(10_000)
+                {
+                    let (k, _) = row.map_err(E::from)?;
+                    let (at, id) = k.value();
+                    out.push((at, id.to_string()));
+                }
+                Ok(out)
+            })
+            .map_err(storage)?;
+        if expired.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write(move |txn| {
+                let mut by_expiry = txn.open_table(MESSAGE_EXPIRY).map_err(E::from)?;
+                let mut ids = txn.open_table(MESSAGE_IDS).map_err(E::from)?;
+                for (at, id) in &expired {
+                    by_expiry.remove((*at, id.as_str())).map_err(E::from)?;
+                    // The id may have been remembered again since, with a later expiry.
+                    let current = ids.get(id.as_str()).map_err(E::from)?.map(|v| v.value().0);
+                    if current.is_some_and(|expires| expires <= now_ms) {
+                        ids.remove(id.as_str()).map_err(E::from)?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(storage)
     }
 }

@@ -20,12 +20,32 @@ pub enum Error {
     /// The depth limit is reached: shed load.
     #[error("queue is full ({0} events)")]
     Full(u64),
+    /// The dead-letter queue holds `DLQ_MAX_DEPTH` entries: refuse new events until it drains.
+    #[error("dead-letter queue is full ({0} entries)")]
+    DlqFull(u64),
+    /// A Standard Webhooks message id seen within the replay window, with another body.
+    #[error("message id reused with a different body")]
+    Replayed,
+    /// A pagination cursor that is not a position of this queue.
+    #[error("invalid cursor {0:?}")]
+    InvalidCursor(String),
     /// The backend cannot be reached or answered an error.
     #[error("queue backend unavailable: {0}")]
     Unavailable(String),
     /// An entry that cannot be decoded (should not happen; logged and dead-lettered).
     #[error("corrupt queue entry {id}: {reason}")]
     Corrupt { id: String, reason: String },
+}
+
+/// What ingestion asks the queue to remember about a signed message, so that a captured request
+/// cannot be replayed with another body: its Standard Webhooks id and the digest of its body,
+/// for `ttl` (the whole window in which its timestamp is accepted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayGuard {
+    pub message_id: String,
+    /// SHA-256 of the body, hex.
+    pub digest: String,
+    pub ttl: Duration,
 }
 
 /// One fetched event, owned by its consumer until finished.
@@ -87,8 +107,9 @@ pub struct QueueStats {
 /// The queue operations the gateway needs; every multi-step move is atomic.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
-    /// Appends an event durably (one round trip), or refuses when full or unreachable.
-    async fn enqueue(&self, job: &Job) -> Result<(), Error>;
+    /// Appends an event durably (one round trip), or refuses when full, when the dead-letter
+    /// queue is full, when `guard`'s message id was seen with another body, or when unreachable.
+    async fn enqueue(&self, job: &Job, guard: Option<&ReplayGuard>) -> Result<(), Error>;
     /// Up to `max` new entries for `consumer`, waiting up to `wait` for the first.
     async fn fetch(
         &self,
@@ -104,6 +125,12 @@ pub trait Queue: Send + Sync + 'static {
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<Delivery>, Error>;
+    /// Tells the queue that `consumer` is still working on these deliveries (by id): they are
+    /// not handed to anyone by [`Queue::reclaim`] for another visibility timeout.
+    async fn touch(&self, consumer: &str, ids: &[String]) -> Result<(), Error>;
+    /// Records that a delivery still in flight now carries `job` (an in-place retry's next
+    /// attempt): if its consumer dies, whoever reclaims the entry gets `job`, not the original.
+    async fn update(&self, delivery: &Delivery, job: &Job) -> Result<(), Error>;
     /// Finishes a delivery.
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error>;
     /// Finishes a delivery and schedules `next` at `due_at_ms` (atomic).
@@ -135,4 +162,12 @@ pub trait Queue: Send + Sync + 'static {
     async fn accepted_at(&self, event_id: &str) -> Result<Option<u64>, Error>;
     async fn stats(&self) -> Result<QueueStats, Error>;
     async fn ping(&self) -> Result<(), Error>;
+    /// Housekeeping (expired replay guards); called every few seconds.
+    async fn maintain(&self, _now_ms: u64) -> Result<(), Error> {
+        Ok(())
+    }
+    /// What an operator should know about the backend's set-up (e.g. persistence off).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -9,11 +9,14 @@
 //! | `{p}:delayed`          | sorted set | retries: member = job JSON, score = due time (ms)       |
 //! | `{p}:dlq`              | stream     | dead letters: `job`, `error`, `kind`, `failedAt`        |
 //! | `{p}:ev:<eventId>`     | string     | receive time of a queued, unfinished event (7-day TTL)  |
+//! | `{p}:wh:<messageId>`   | string     | body digest of a signed message id (replay window TTL)  |
+//! | `{p}:now:<entryId>`    | string     | the job as it is now, for an entry retried in place     |
 //!
 //! A fetched entry stays in the group's pending list until it is acked (XACK + XDEL in one
 //! MULTI), moved to `delayed`, or dead-lettered; an entry left pending (its consumer died) is
-//! reclaimed with XAUTOCLAIM after the visibility timeout. Depth check and append happen in one
-//! script, so ingestion is one round trip.
+//! reclaimed with XAUTOCLAIM after the visibility timeout, while a consumer that still works on
+//! an entry keeps it with [`Queue::touch`] (XCLAIM … JUSTID resets its idle time). The replay
+//! check, the depth checks and the append happen in one script, so ingestion is one round trip.
 
 use std::time::Duration;
 
@@ -24,18 +27,30 @@ use redis::streams::{
 };
 use redis::{AsyncCommands, Script, Value};
 
-use super::{DeadLetter, Delivery, Error, Queue, QueueStats, ReplayFilter};
+use super::{DeadLetter, Delivery, Error, Queue, QueueStats, ReplayFilter, ReplayGuard};
 use crate::event::Job;
 
 const GROUP: &str = "workers";
 const ACCEPTED_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// KEYS: ready, delayed, accepted marker, dlq, [message id]. ARGV: job, max depth, receive
+/// time, marker TTL, DLQ max depth, [body digest, message id TTL].
 const ENQUEUE: &str = r#"
+if KEYS[5] then
+  local seen = redis.call('GET', KEYS[5])
+  if seen and seen ~= ARGV[6] then return redis.error_reply('REPLAYED message id seen with another body') end
+end
 local limit = tonumber(ARGV[2])
 if limit > 0 then
   local depth = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
   if depth >= limit then return redis.error_reply('FULL ' .. depth) end
 end
+local dlq_limit = tonumber(ARGV[5])
+if dlq_limit > 0 then
+  local dead = redis.call('XLEN', KEYS[4])
+  if dead >= dlq_limit then return redis.error_reply('DLQFULL ' .. dead) end
+end
+if KEYS[5] then redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[7], 'NX') end
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
 "#;
@@ -66,6 +81,8 @@ pub struct RedisQueueConfig {
     pub prefix: String,
     /// Refuse new events beyond this many ready + delayed (0 = no limit).
     pub max_depth: u64,
+    /// Refuse new events while the dead-letter queue holds this many (0 = no limit).
+    pub dlq_max_depth: u64,
     /// Limit of one command round trip; beyond it the queue counts as unavailable.
     pub command_timeout: Duration,
 }
@@ -77,9 +94,14 @@ pub struct RedisQueue {
     blocking: ConnectionManager,
     keys: Keys,
     max_depth: u64,
+    dlq_max_depth: u64,
     enqueue: Script,
     promote: Script,
     replay_one: Script,
+    /// Where the next XAUTOCLAIM pass starts (`0-0` after a full sweep).
+    reclaim_cursor: std::sync::Arc<std::sync::Mutex<String>>,
+    /// What the start-up checks found (e.g. persistence off).
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -110,6 +132,21 @@ impl Keys {
     fn accepted(&self, event_id: &str) -> String {
         format!("{{{}}}:ev:{event_id}", self.prefix)
     }
+    fn message(&self, message_id: &str) -> String {
+        format!("{{{}}}:wh:{message_id}", self.prefix)
+    }
+    fn progress(&self, entry_id: &str) -> String {
+        format!("{{{}}}:now:{entry_id}", self.prefix)
+    }
+}
+
+/// True for a stream entry id (`<ms>-<seq>`), the only cursor this queue hands out.
+fn is_stream_id(id: &str) -> bool {
+    let number = |s: &str| {
+        s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok()
+    };
+    id.split_once('-')
+        .is_some_and(|(ms, seq)| number(ms) && number(seq))
 }
 
 /// A stream entry id (`ms-seq`) as a comparable pair.
@@ -150,17 +187,44 @@ impl RedisQueue {
         )
         .await
         .map_err(unavailable)?;
-        let queue = RedisQueue {
+        let mut queue = RedisQueue {
             cmd,
             blocking,
             keys: Keys::new(&config.prefix),
             max_depth: config.max_depth,
+            dlq_max_depth: config.dlq_max_depth,
             enqueue: Script::new(ENQUEUE),
             promote: Script::new(PROMOTE),
             replay_one: Script::new(REPLAY_ONE),
+            reclaim_cursor: Default::default(),
+            warnings: Vec::new(),
         };
         queue.ensure_group().await?;
+        queue.warnings = queue.persistence_warnings().await;
+        for w in &queue.warnings {
+            tracing::warn!(warning = %w, "Redis set-up");
+        }
         Ok(queue)
+    }
+
+    /// Reads Redis's persistence settings: without AOF, a restart of Redis loses acknowledged
+    /// events.
+    async fn persistence_warnings(&self) -> Vec<String> {
+        let mut c = self.cmd.clone();
+        let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .query_async(&mut c)
+            .await;
+        match reply.as_deref() {
+            Ok([_, value]) if value == "yes" => Vec::new(),
+            Ok([_, _]) => vec![
+                "Redis persistence (appendonly) is off: a restart of Redis loses every queued event, acknowledged ones included; run it with --appendonly yes (and --appendfsync always for no loss at all)".to_string(),
+            ],
+            Ok(_) | Err(_) => vec![
+                "cannot read Redis's persistence settings (CONFIG GET appendonly): make sure appendonly is on, or a restart of Redis loses acknowledged events".to_string(),
+            ],
+        }
     }
 
     async fn ensure_group(&self) -> Result<(), Error> {
@@ -213,6 +277,7 @@ impl RedisQueue {
         extra(&mut pipe);
         pipe.xack(&self.keys.ready, GROUP, &[&delivery.id]).ignore();
         pipe.xdel(&self.keys.ready, &[&delivery.id]).ignore();
+        pipe.del(self.keys.progress(&delivery.id)).ignore();
         let mut c = self.cmd.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)
     }
@@ -220,29 +285,35 @@ impl RedisQueue {
 
 #[async_trait]
 impl Queue for RedisQueue {
-    async fn enqueue(&self, job: &Job) -> Result<(), Error> {
+    async fn enqueue(&self, job: &Job, guard: Option<&ReplayGuard>) -> Result<(), Error> {
         let json = serde_json::to_string(job).map_err(|e| Error::Unavailable(e.to_string()))?;
         let mut c = self.cmd.clone();
-        let r: redis::RedisResult<String> = self
-            .enqueue
-            .key(&self.keys.ready)
+        let mut call = self.enqueue.prepare_invoke();
+        call.key(&self.keys.ready)
             .key(&self.keys.delayed)
             .key(self.keys.accepted(&job.event_id))
+            .key(&self.keys.dlq)
             .arg(json)
             .arg(self.max_depth)
             .arg(job.received_at_ms)
             .arg(ACCEPTED_TTL_SECS)
-            .invoke_async(&mut c)
-            .await;
+            .arg(self.dlq_max_depth);
+        if let Some(g) = guard {
+            call.key(self.keys.message(&g.message_id))
+                .arg(&g.digest)
+                .arg(g.ttl.as_secs().max(1));
+        }
+        let r: redis::RedisResult<String> = call.invoke_async(&mut c).await;
+        let depth = |e: &redis::RedisError| {
+            e.detail()
+                .and_then(|d| d.trim().parse().ok())
+                .unwrap_or_default()
+        };
         match r {
             Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("FULL") => {
-                let depth = e
-                    .detail()
-                    .and_then(|d| d.trim().parse().ok())
-                    .unwrap_or(self.max_depth);
-                Err(Error::Full(depth))
-            }
+            Err(e) if e.code() == Some("FULL") => Err(Error::Full(depth(&e))),
+            Err(e) if e.code() == Some("DLQFULL") => Err(Error::DlqFull(depth(&e))),
+            Err(e) if e.code() == Some("REPLAYED") => Err(Error::Replayed),
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -262,7 +333,11 @@ impl Queue for RedisQueue {
             c.xread_options(&[&self.keys.ready], &[">"], &opts).await;
         let reply = match reply {
             Err(e) if e.code() == Some("NOGROUP") => {
-                // Redis lost the group (restarted without persistence): recreate it.
+                tracing::error!(
+                    stream = %self.keys.ready,
+                    "the consumer group is gone: Redis lost its data (restarted without persistence, or flushed); events queued before that are lost. Recreating the group"
+                );
+                metrics::counter!("switchyard_queue_group_recreated_total").increment(1);
                 self.ensure_group().await?;
                 return Ok(Vec::new());
             }
@@ -286,18 +361,74 @@ impl Queue for RedisQueue {
     ) -> Result<Vec<Delivery>, Error> {
         let mut c = self.cmd.clone();
         let opts = StreamAutoClaimOptions::default().count(max.max(1));
+        // Each pass goes on where the last one stopped, so a long pending list is swept once
+        // per cycle rather than its head re-read every pass.
+        let start = self
+            .reclaim_cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let start = if start.is_empty() {
+            "0-0".to_string()
+        } else {
+            start
+        };
         let reply: StreamAutoClaimReply = c
             .xautoclaim_options(
                 &self.keys.ready,
                 GROUP,
                 consumer,
                 min_idle.as_millis() as u64,
-                "0-0",
+                start,
                 opts,
             )
             .await
             .map_err(unavailable)?;
-        Ok(self.decode_all(&reply.claimed))
+        *self
+            .reclaim_cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = reply.next_stream_id.clone();
+        let mut deliveries = self.decode_all(&reply.claimed);
+        if deliveries.is_empty() {
+            return Ok(deliveries);
+        }
+        // An entry retried in place carries its progress in a key of its own.
+        let keys: Vec<String> = deliveries
+            .iter()
+            .map(|d| self.keys.progress(&d.id))
+            .collect();
+        let now: Vec<Option<String>> = c.mget(keys).await.map_err(unavailable)?;
+        for (d, job) in deliveries.iter_mut().zip(now) {
+            if let Some(job) = job.and_then(|j| serde_json::from_str(&j).ok()) {
+                d.job = job;
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn update(&self, delivery: &Delivery, job: &Job) -> Result<(), Error> {
+        let json = serde_json::to_string(job).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let mut c = self.cmd.clone();
+        c.set_ex::<_, _, ()>(self.keys.progress(&delivery.id), json, ACCEPTED_TTL_SECS)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn touch(&self, consumer: &str, ids: &[String]) -> Result<(), Error> {
+        for chunk in ids.chunks(500) {
+            let mut c = self.cmd.clone();
+            redis::cmd("XCLAIM")
+                .arg(&self.keys.ready)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(0)
+                .arg(chunk)
+                .arg("JUSTID")
+                .query_async::<Value>(&mut c)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {
@@ -369,6 +500,11 @@ impl Queue for RedisQueue {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, Error> {
+        if let Some(a) = after
+            && !is_stream_id(a)
+        {
+            return Err(Error::InvalidCursor(a.to_string()));
+        }
         let start = after.map(|a| format!("({a}")).unwrap_or_else(|| "-".into());
         let mut c = self.cmd.clone();
         let reply: redis::streams::StreamRangeReply = c
@@ -413,11 +549,7 @@ impl Queue for RedisQueue {
             cursor = Some(last.id.clone());
             let in_scope = page.iter().filter(|l| stream_id(&l.id) <= end);
             for letter in in_scope.filter(|l| filter.matches(&l.job)) {
-                let job = Job {
-                    attempt: 1,
-                    replays: letter.job.replays + 1,
-                    ..letter.job.clone()
-                };
+                let job = letter.job.replayed();
                 let json =
                     serde_json::to_string(&job).map_err(|e| Error::Unavailable(e.to_string()))?;
                 let mut c = self.cmd.clone();
@@ -485,5 +617,31 @@ impl Queue for RedisQueue {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_stream_ids_are_cursors() {
+        for ok in ["0-0", "1700000000000-12", "18446744073709551615-0"] {
+            assert!(super::is_stream_id(ok), "{ok}");
+        }
+        for bad in [
+            "abc",
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1-2-3",
+            "1 -2",
+            "00000000000000000000001-1",
+        ] {
+            assert!(!super::is_stream_id(bad), "{bad}");
+        }
     }
 }

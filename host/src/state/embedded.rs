@@ -1,6 +1,7 @@
 //! The state store on the embedded store: `events` (event id → record), `counters` (records per
-//! state), `context` (live `order` / `shipment` documents). Claims and finishes run inside the
-//! single writer's transactions, so each is atomic.
+//! state), `context` (live `order` / `shipment` documents), and `events_by_receipt` (the same
+//! records by time of receipt, so that `EVENT_TTL_DAYS` expires finished records without a
+//! scan). Claims and finishes run inside the single writer's transactions, so each is atomic.
 
 use std::collections::BinaryHeap;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Claim, Error, EventRecord, EventState, Finish, ScanFilter, StateCounts, StateStore, StoredEvent,
 };
-use crate::embedded::{CONTEXT, COUNTERS, EVENTS, EmbeddedDb};
+use crate::embedded::{CONTEXT, COUNTERS, EVENTS, EVENTS_BY_RECEIPT, EmbeddedDb};
 use crate::event::Job;
 
 const HISTORY_LIMIT: usize = 100;
@@ -50,28 +51,32 @@ fn save(txn: &WriteTransaction, stored: &Stored) -> Result<(), E> {
     Ok(())
 }
 
-/// Moves one record from state `from` (if any) to `to` in the counters.
-fn count(txn: &WriteTransaction, from: Option<EventState>, to: EventState) -> Result<(), E> {
-    if from == Some(to) {
+/// Moves one record from state `from` (if any) to `to` (if any) in the counters.
+fn count(
+    txn: &WriteTransaction,
+    from: Option<EventState>,
+    to: Option<EventState>,
+) -> Result<(), E> {
+    if from == to {
         return Ok(());
     }
     let mut counters = txn.open_table(COUNTERS).map_err(E::from)?;
-    if let Some(f) = from {
+    let mut add = |state: EventState, up: bool| -> Result<(), E> {
         let n = counters
-            .get(f.as_str())
+            .get(state.as_str())
             .map_err(E::from)?
             .map(|v| v.value())
             .unwrap_or(0);
-        counters
-            .insert(f.as_str(), n.saturating_sub(1))
-            .map_err(E::from)?;
+        let n = if up { n + 1 } else { n.saturating_sub(1) };
+        counters.insert(state.as_str(), n).map_err(E::from)?;
+        Ok(())
+    };
+    if let Some(f) = from {
+        add(f, false)?;
     }
-    let n = counters
-        .get(to.as_str())
-        .map_err(E::from)?
-        .map(|v| v.value())
-        .unwrap_or(0);
-    counters.insert(to.as_str(), n + 1).map_err(E::from)?;
+    if let Some(t) = to {
+        add(t, true)?;
+    }
     Ok(())
 }
 
@@ -108,11 +113,72 @@ impl Ord for Oldest {
 #[derive(Clone, Debug)]
 pub struct EmbeddedState {
     db: EmbeddedDb,
+    /// Finished records older than this (by time of receipt) are deleted (`EVENT_TTL_DAYS`).
+    ttl: Option<Duration>,
+    /// Set once records written before `events_by_receipt` existed are indexed too.
+    indexed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Where the next expiry pass starts (after the last one's batch), or the beginning.
+    expire_from: std::sync::Arc<std::sync::Mutex<Option<(u64, String)>>>,
 }
 
+/// Records expired per housekeeping pass at most (the next pass goes on).
+const EXPIRE_BATCH: usize = 5_000;
+
 impl EmbeddedState {
-    pub fn new(db: EmbeddedDb) -> Self {
-        EmbeddedState { db }
+    /// The state store on `db`, keeping records for `ttl` after their receipt (`None`: forever).
+    pub fn new(db: EmbeddedDb, ttl: Option<Duration>) -> Self {
+        EmbeddedState {
+            db,
+            ttl,
+            indexed: Default::default(),
+            expire_from: Default::default(),
+        }
+    }
+
+    /// Indexes by receipt the records a store written before the index existed holds: once,
+    /// [`EXPIRE_BATCH`] records per transaction so that other writes go on in between.
+    async fn index_older_records(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        if self.indexed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let from = after.clone();
+            let last = self
+                .db
+                .write(move |txn| {
+                    let events = txn.open_table(EVENTS).map_err(E::from)?;
+                    let mut by_receipt = txn.open_table(EVENTS_BY_RECEIPT).map_err(E::from)?;
+                    let rows = match &from {
+                        Some(f) => events.range::<&str>((
+                            std::ops::Bound::Excluded(f.as_str()),
+                            std::ops::Bound::Unbounded,
+                        )),
+                        None => events.range::<&str>(..),
+                    }
+                    .map_err(E::from)?;
+                    let mut last = None;
+                    for row in rows.take(EXPIRE_BATCH) {
+                        let (k, v) = row.map_err(E::from)?;
+                        if let Ok(stored) = serde_json::from_slice::<Stored>(v.value()) {
+                            by_receipt
+                                .insert((stored.record.received_at_ms, k.value()), ())
+                                .map_err(E::from)?;
+                        }
+                        last = Some(k.value().to_string());
+                    }
+                    Ok(last)
+                })
+                .await
+                .map_err(storage)?;
+            match last {
+                Some(l) => after = Some(l),
+                None => break,
+            }
+        }
+        self.indexed.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -136,9 +202,14 @@ impl StateStore for EmbeddedState {
                         plugin: None,
                         error: None,
                         duplicates: 0,
+                        deferred: None,
                         received_at_ms: job.received_at_ms,
                         updated_at_ms: now,
                     };
+                    txn.open_table(EVENTS_BY_RECEIPT)
+                        .map_err(E::from)?
+                        .insert((job.received_at_ms, job.event_id.as_str()), ())
+                        .map_err(E::from)?;
                     save(
                         txn,
                         &Stored {
@@ -148,7 +219,7 @@ impl StateStore for EmbeddedState {
                             payload: Some(job.payload.clone()),
                         },
                     )?;
-                    count(txn, None, EventState::RoutingPending)?;
+                    count(txn, None, Some(EventState::RoutingPending))?;
                     return Ok(Claim::Claimed);
                 };
                 if stored.record.state == EventState::Routed {
@@ -159,7 +230,11 @@ impl StateStore for EmbeddedState {
                 if stored.lease_until_ms < now
                     || stored.lease_owner.as_deref() == Some(owner.as_str())
                 {
-                    count(txn, Some(stored.record.state), EventState::RoutingPending)?;
+                    count(
+                        txn,
+                        Some(stored.record.state),
+                        Some(EventState::RoutingPending),
+                    )?;
                     stored.record.state = EventState::RoutingPending;
                     stored.record.correlation_id = job.correlation_id.clone();
                     stored.record.updated_at_ms = now;
@@ -186,6 +261,17 @@ impl StateStore for EmbeddedState {
                 }
                 let r = &mut stored.record;
                 let before = r.state;
+                if let Finish::Deferred(deferred) = finish {
+                    r.state = EventState::RoutingPending;
+                    r.deferred = Some(deferred);
+                    r.updated_at_ms = crate::worker::now_ms();
+                    stored.lease_owner = None;
+                    stored.lease_until_ms = 0;
+                    save(txn, &stored)?;
+                    count(txn, Some(before), Some(EventState::RoutingPending))?;
+                    return Ok(true);
+                }
+                r.deferred = None;
                 let attempt = match finish {
                     Finish::Routed {
                         decision,
@@ -208,6 +294,7 @@ impl StateStore for EmbeddedState {
                         r.error = Some(error);
                         attempt
                     }
+                    Finish::Deferred(_) => unreachable!("handled above"),
                 };
                 r.attempts = attempt.attempt;
                 r.updated_at_ms = crate::worker::now_ms();
@@ -220,7 +307,7 @@ impl StateStore for EmbeddedState {
                 stored.lease_owner = None;
                 stored.lease_until_ms = 0;
                 save(txn, &stored)?;
-                count(txn, Some(before), after)?;
+                count(txn, Some(before), Some(after))?;
                 Ok(true)
             })
             .await
@@ -322,5 +409,154 @@ impl StateStore for EmbeddedState {
 
     async fn ping(&self) -> Result<(), Error> {
         self.db.read(|_| Ok(())).map_err(storage)
+    }
+
+    /// Deletes finished records received more than the TTL ago (pending ones stay: they are
+    /// still being routed, and are looked at again by a later pass).
+    async fn maintain(&self, now_ms: u64) -> Result<(), Error> {
+        let Some(ttl) = self.ttl else {
+            return Ok(());
+        };
+        self.index_older_records().await?;
+        let cutoff = now_ms.saturating_sub(ttl.as_millis() as u64);
+        // Pending records past the cutoff stay (they are being routed) and are skipped: each
+        // pass goes on after the last one's position, so they never hold the others up.
+        let from = self
+            .expire_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let next = self
+            .db
+            .write(move |txn| {
+                let mut by_receipt = txn.open_table(EVENTS_BY_RECEIPT).map_err(E::from)?;
+                let start = match &from {
+                    Some((at, id)) => std::ops::Bound::Excluded((*at, id.as_str())),
+                    None => std::ops::Bound::Unbounded,
+                };
+                let old: Vec<(u64, String)> = by_receipt
+                    .range((start, std::ops::Bound::Excluded((cutoff, ""))))
+                    .map_err(E::from)?
+                    .take(EXPIRE_BATCH)
+                    .map(|row| row.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+                    .collect::<Result<_, _>>()
+                    .map_err(E::from)?;
+                let next = (old.len() == EXPIRE_BATCH)
+                    .then(|| old.last().cloned())
+                    .flatten();
+                let mut events = txn.open_table(EVENTS).map_err(E::from)?;
+                let mut expired: Vec<EventState> = Vec::new();
+                for (at, id) in old {
+                    let state = events
+                        .get(id.as_str())
+                        .map_err(E::from)?
+                        .and_then(|v| serde_json::from_slice::<Stored>(v.value()).ok())
+                        .map(|s| s.record.state);
+                    match state {
+                        Some(EventState::RoutingPending) => continue,
+                        Some(s) => {
+                            events.remove(id.as_str()).map_err(E::from)?;
+                            expired.push(s);
+                        }
+                        None => {}
+                    }
+                    by_receipt.remove((at, id.as_str())).map_err(E::from)?;
+                }
+                drop(events);
+                drop(by_receipt);
+                for state in expired {
+                    count(txn, Some(state), None)?;
+                }
+                Ok(next)
+            })
+            .await
+            .map_err(storage)?;
+        *self.expire_from.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::{Decision, PluginId};
+    use crate::state::Attempt;
+
+    fn job(id: &str, received_at_ms: u64) -> Job {
+        Job {
+            event_id: id.into(),
+            event_type: "T".into(),
+            correlation_id: "c".into(),
+            payload: "{}".into(),
+            received_at_ms,
+            attempt: 1,
+            ..Job::default()
+        }
+    }
+
+    fn routed() -> Finish {
+        Finish::Routed {
+            decision: Decision {
+                destination: "d".into(),
+                reason: String::new(),
+                metadata: Default::default(),
+            },
+            plugin: PluginId {
+                name: "p".into(),
+                version: "v".into(),
+            },
+            attempt: Attempt {
+                attempt: 1,
+                at_ms: 0,
+                outcome: "routed".into(),
+                plugin: None,
+                duration_ms: 0,
+                error_kind: None,
+                error: None,
+                destination: None,
+                next_attempt_at_ms: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn event_ttl_expires_finished_records_and_keeps_pending_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let day = 86_400_000;
+        let store = EmbeddedState::new(db, Some(Duration::from_millis(day)));
+        let now = crate::worker::now_ms();
+        let lease = Duration::from_secs(30);
+        for (id, received) in [
+            ("old", now - 2 * day),
+            ("old-pending", now - 2 * day),
+            ("new", now),
+        ] {
+            assert_eq!(
+                store.claim(&job(id, received), id, lease).await.unwrap(),
+                Claim::Claimed
+            );
+        }
+        assert!(store.finish("old", "old", routed()).await.unwrap());
+        assert!(store.finish("new", "new", routed()).await.unwrap());
+        store.maintain(now).await.unwrap();
+        assert!(store.get("old").await.unwrap().is_none(), "expired");
+        assert!(store.get("new").await.unwrap().is_some());
+        assert!(
+            store.get("old-pending").await.unwrap().is_some(),
+            "still being routed: kept"
+        );
+        let c = store.counts().await.unwrap();
+        assert_eq!((c.pending, c.routed, c.failed), (1, 1, 0));
+        // Once it is finished, a later pass expires it too.
+        assert!(
+            store
+                .finish("old-pending", "old-pending", routed())
+                .await
+                .unwrap()
+        );
+        store.maintain(now).await.unwrap();
+        assert!(store.get("old-pending").await.unwrap().is_none());
+        assert_eq!(store.counts().await.unwrap().routed, 1);
     }
 }

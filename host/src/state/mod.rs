@@ -17,6 +17,9 @@ use crate::plugin::{Decision, PluginId};
 pub enum Error {
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// The store refuses what it was given (e.g. a document it cannot represent).
+    #[error("invalid input for the state store: {0}")]
+    Invalid(String),
 }
 
 /// Lifecycle states.
@@ -70,6 +73,19 @@ pub struct Attempt {
     pub next_attempt_at_ms: Option<u64>,
 }
 
+/// Why an event is waiting without spending attempts: failures of the host, not of the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deferred {
+    /// Since when (the first deferral of this run), ms since the Unix epoch.
+    pub since_ms: u64,
+    /// Deferrals in a row.
+    pub count: u32,
+    pub error_kind: String,
+    pub error: String,
+    pub next_attempt_at_ms: u64,
+}
+
 /// How a claimed delivery ended.
 #[derive(Debug, Clone)]
 pub enum Finish {
@@ -85,6 +101,10 @@ pub enum Finish {
         error: String,
         attempt: Attempt,
     },
+    /// The attempt could not run for a reason of the host's (no plugin, pool or memory
+    /// exhausted, live state unavailable): the event stays pending, its attempts and history
+    /// unchanged, the lease released, and the reason shown on the record.
+    Deferred(Deferred),
 }
 
 /// An event's record, as the API shows it.
@@ -107,6 +127,9 @@ pub struct EventRecord {
     /// Deliveries of this event that found it routed or in progress and were dropped.
     #[serde(default)]
     pub duplicates: u64,
+    /// Set while failures of the host keep deferring the event (cleared by the next attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<Deferred>,
     pub received_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -176,6 +199,11 @@ pub trait StateStore: Send + Sync + 'static {
     /// Creates or replaces a live document (`PUT /context/{kind}/{id}`).
     async fn put_context(&self, kind: &str, id: &str, document: &str) -> Result<(), Error>;
     async fn ping(&self) -> Result<(), Error>;
+    /// Housekeeping (expiring old records where the store does not do it itself); called every
+    /// few seconds.
+    async fn maintain(&self, _now_ms: u64) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Adapts a state store to the plugin `context` import.

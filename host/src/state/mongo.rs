@@ -3,7 +3,9 @@
 //! Collection `events`, one document per `eventId` (unique index). The claim is an insert on
 //! first delivery — the duplicate-key error *is* the idempotency answer — or a conditional update
 //! of a record that is not `ROUTED` and whose lease expired. The happy path is two round trips:
-//! claim, then finish. Plugins read `orders` and `shipments` through [`StateStore::lookup`].
+//! claim, then finish. Plugins read `orders` and `shipments` through [`StateStore::lookup`], by
+//! `_id` only: every lookup is a point read on the index every collection has, which also works
+//! for a database user that may only read them.
 //! Write concern and retryable writes come from the connection string (`w=majority`,
 //! `retryWrites=true` on a replica set).
 
@@ -202,6 +204,21 @@ impl StateStore for MongoStore {
 
     async fn finish(&self, event_id: &str, owner: &str, finish: Finish) -> Result<bool, Error> {
         let now = now_ms();
+        if let Finish::Deferred(deferred) = &finish {
+            let update = doc! { "$set": {
+                "state": PENDING,
+                "deferred": to_bson(deferred)?,
+                "updatedAtMs": now,
+                "leaseOwner": Bson::Null,
+                "leaseUntilMs": 0_i64,
+            } };
+            let r = self
+                .events
+                .update_one(doc! { "eventId": event_id, "leaseOwner": owner }, update)
+                .await
+                .map_err(unavailable)?;
+            return Ok(r.matched_count == 1);
+        }
         let (state, attempt, mut set) = match &finish {
             Finish::Routed {
                 decision,
@@ -218,7 +235,9 @@ impl StateStore for MongoStore {
             Finish::Failed { error, attempt } => {
                 (FAILED, attempt, doc! { "error": error, "failedAtMs": now })
             }
+            Finish::Deferred(_) => unreachable!("handled above"),
         };
+        set.insert("deferred", Bson::Null);
         set.insert("state", state);
         set.insert("attempts", attempt.attempt as i64);
         set.insert("updatedAtMs", now);
@@ -315,16 +334,15 @@ impl StateStore for MongoStore {
     }
 
     async fn lookup(&self, kind: &str, id: &str) -> Result<Option<String>, Error> {
-        let (collection, key) = match kind {
-            "order" => ("orders", "orderId"),
-            "shipment" => ("shipments", "shipmentId"),
+        let collection = match kind {
+            "order" => "orders",
+            "shipment" => "shipments",
             _ => return Ok(None),
         };
-        let filter = doc! { "$or": [ { "_id": id }, { key: id }, { "id": id } ] };
         let found = self
             .db
             .collection::<Document>(collection)
-            .find_one(filter)
+            .find_one(doc! { "_id": id })
             .await
             .map_err(unavailable)?;
         Ok(found.map(|d| Bson::Document(d).into_relaxed_extjson().to_string()))
@@ -334,12 +352,12 @@ impl StateStore for MongoStore {
         let collection = match kind {
             "order" => "orders",
             "shipment" => "shipments",
-            other => return Err(Error::Unavailable(format!("unknown context kind {other}"))),
+            other => return Err(Error::Invalid(format!("unknown context kind {other}"))),
         };
-        let value: serde_json::Value = serde_json::from_str(document)
-            .map_err(|e| Error::Unavailable(format!("not JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(document).map_err(|e| Error::Invalid(format!("not JSON: {e}")))?;
         let mut doc = bson::to_document(&value)
-            .map_err(|e| Error::Unavailable(format!("not a document: {e}")))?;
+            .map_err(|e| Error::Invalid(format!("not a document MongoDB can store: {e}")))?;
         doc.insert("_id", id);
         self.db
             .collection::<Document>(collection)
