@@ -3,11 +3,20 @@
 FROM rust:1.95-bookworm AS build
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
-# Dependencies first, so that source edits do not rebuild them.
+# Dependencies first, so that source edits do not rebuild them: every workspace member's manifest
+# (scripts/check-dockerfile.py checks that none is missing) and an empty target for each.
 COPY Cargo.toml Cargo.lock ./
-COPY host/Cargo.toml host/Cargo.toml
+COPY host/model/Cargo.toml host/model/Cargo.toml
+COPY host/runtime/Cargo.toml host/runtime/Cargo.toml
+COPY host/stores/Cargo.toml host/stores/Cargo.toml
+COPY host/gateway/Cargo.toml host/gateway/Cargo.toml
+COPY host/tools/Cargo.toml host/tools/Cargo.toml
+COPY host/cli/Cargo.toml host/cli/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
-RUN mkdir -p host/src tests/src && echo 'fn main() {}' > host/src/main.rs && touch host/src/lib.rs tests/src/lib.rs \
+RUN for m in host/model host/runtime host/stores host/gateway host/tools tests; do \
+        mkdir -p "$m/src" && touch "$m/src/lib.rs"; \
+    done \
+    && mkdir -p host/cli/src && echo 'fn main() {}' > host/cli/src/main.rs \
     && cargo fetch --locked
 COPY . .
 RUN bash scripts/build-plugins.sh \

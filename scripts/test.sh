@@ -32,6 +32,10 @@ step "format"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
 
+step "structure: no module imports one that imports it back; the Dockerfile copies every manifest"
+python3 scripts/check-modules.py host/*/src tests/src
+python3 scripts/check-dockerfile.py
+
 step "docker-compose.yml"
 # Valid with the secrets given; refused (with the reason) without them: no default secret ships.
 HMAC_SECRET=compose-check-signing-secret ADMIN_TOKEN=compose-check-admin-token \

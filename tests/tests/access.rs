@@ -291,7 +291,7 @@ fn event(id: &str) -> serde_json::Value {
 /// Sends an event as if forwarded for `xff`; returns the status.
 async fn send_from(c: &Client, xff: &str, id: &str) -> u16 {
     let body = serde_json::to_vec(&event(id)).unwrap();
-    let sig = switchyard::http::signature::sign_hex(TEST_SECRET.as_bytes(), &body);
+    let sig = switchyard_gateway::http::signature::sign_hex(TEST_SECRET.as_bytes(), &body);
     let headers = [
         ("content-type", "application/json".to_string()),
         ("x-hmac-signature", sig),

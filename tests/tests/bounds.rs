@@ -26,7 +26,7 @@ async fn send_all(c: &Client, events: &[Value]) {
 
 /// Many events of one key behind a holder in backoff: at most `ORDERING_MAX_WAITING` of them are
 /// held in memory, the rest stay in the queue, and all are routed in order.
-async fn a_hot_key_holds_a_bounded_number_in_memory(mut config: switchyard::Config) {
+async fn a_hot_key_holds_a_bounded_number_in_memory(mut config: switchyard_gateway::Config) {
     config.ordering_max_waiting = 8;
     config.retry_base_ms = 1_500;
     let gw = Gateway::start(config).await;
@@ -238,7 +238,7 @@ async fn mongodb_lookups_are_point_reads_by_id() {
 
 /// Two permanent failures fill a dead-letter queue limited to 2: ingestion then refuses with
 /// 503 `dlq_full`, and `/ready` and `/metrics` show the depth.
-async fn a_full_dead_letter_queue_refuses_new_events(mut config: switchyard::Config) {
+async fn a_full_dead_letter_queue_refuses_new_events(mut config: switchyard_gateway::Config) {
     config.dlq_max_depth = 2;
     let gw = Gateway::start(config).await;
     let c = gw.client();
@@ -300,7 +300,7 @@ async fn a_full_dead_letter_queue_refuses_new_events_on_embedded() {
 
 /// Events whose plugin is missing wait without spending attempts, are routed once it arrives,
 /// and are dead-lettered with kind `host` after `HOST_FAILURE_MAX_DEFER_MS`.
-async fn host_failures_defer_without_spending_attempts(config: switchyard::Config) {
+async fn host_failures_defer_without_spending_attempts(config: switchyard_gateway::Config) {
     let mut patient = config.clone();
     patient.max_retry_attempts = 2;
     let gw = Gateway::start(patient).await;

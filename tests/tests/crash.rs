@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchyard_tests::{GatewayProcess, PluginDir, assert_final_once, gateway_config};
 
-fn crash_config(dir: &std::path::Path) -> switchyard::Config {
+fn crash_config(dir: &std::path::Path) -> switchyard_gateway::Config {
     let mut config = gateway_config(dir);
     config.plugin_timeout_ms = 3_000;
     config.lease_ms = Some(4_000);

@@ -1,7 +1,7 @@
 //! Smoke runs of the load generator (`switchyard load`) against a real gateway, so it cannot rot.
 
-use switchyard::load::{LoadOptions, Scheme};
 use switchyard_tests::{Gateway, PluginDir, TEST_ADMIN_TOKEN, TEST_SECRET, gateway_config};
+use switchyard_tools::load::{LoadOptions, Scheme};
 
 fn options(url: &str) -> LoadOptions {
     LoadOptions {
@@ -26,7 +26,7 @@ fn options(url: &str) -> LoadOptions {
 async fn hundred_concurrent_requests_are_accepted_and_drained_with_retries() {
     let dir = PluginDir::default_router(200, 0.1);
     let gw = Gateway::start(gateway_config(dir.path())).await;
-    let report = switchyard::load::run(options(&gw.url)).await.unwrap();
+    let report = switchyard_tools::load::run(options(&gw.url)).await.unwrap();
     assert_eq!(report.sent, 100);
     assert_eq!(
         report.statuses.get("202"),
@@ -53,7 +53,7 @@ async fn webhook_signatures_and_repeated_ids_count_duplicates() {
     o.requests = 50;
     o.concurrency = 5;
     o.repeat_every = 10;
-    let report = switchyard::load::run(o).await.unwrap();
+    let report = switchyard_tools::load::run(o).await.unwrap();
     assert_eq!(
         report.statuses.get("202"),
         Some(&50),
@@ -71,6 +71,6 @@ async fn webhook_signatures_and_repeated_ids_count_duplicates() {
 async fn refuses_targets_off_this_machine() {
     let mut o = options("http://192.0.2.1:3000");
     o.wait = false;
-    let err = switchyard::load::run(o).await.unwrap_err();
+    let err = switchyard_tools::load::run(o).await.unwrap_err();
     assert!(err.to_string().contains("not on this machine"), "{err}");
 }

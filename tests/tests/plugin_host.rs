@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use switchyard::plugin::{Limits, PluginError, StaticContext};
+use switchyard_runtime::{Limits, PluginError, StaticContext};
 use switchyard_tests::{PluginDir, no_context, plugin, request, test_limits};
 
 const FAST_DEFAULT: &str = "[config.default-router]\ndelay_ms = 0\nfailure_rate = 0\n";
@@ -407,7 +407,7 @@ async fn corrupt_and_wrong_interface_files_are_rejected_and_the_old_version_serv
 
     let bytes = std::fs::read(plugin("default-router")).unwrap();
     std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
-    let reason = host.load_file(&target).await.unwrap_err();
+    let reason = host.load_file(&target).await.unwrap_err().to_string();
     assert!(
         reason.contains("not a valid WebAssembly component"),
         "{reason}"
@@ -424,7 +424,7 @@ async fn corrupt_and_wrong_interface_files_are_rejected_and_the_old_version_serv
     );
 
     std::fs::copy(plugin("wrong-world"), &target).unwrap();
-    let reason = host.load_file(&target).await.unwrap_err();
+    let reason = host.load_file(&target).await.unwrap_err().to_string();
     assert!(reason.contains("route"), "{reason}");
     assert_eq!(
         host.version_of("default-router").as_deref(),
@@ -459,7 +459,7 @@ async fn canary_that_traps_is_rejected_and_the_old_version_serves() {
     .unwrap();
     host.reload_manifest().await;
     std::fs::copy(plugin("chaos"), &target).unwrap();
-    let reason = host.load_file(&target).await.unwrap_err();
+    let reason = host.load_file(&target).await.unwrap_err().to_string();
     assert!(
         reason.contains("canary") && reason.contains("traps on the canary"),
         "{reason}"
@@ -494,7 +494,7 @@ async fn hot_swap_under_continuous_calls_has_no_failed_call() {
     dir.install("live", "noop");
     let host = dir.host(test_limits(), no_context()).await;
     let stop = tokio_util_token();
-    let watcher = switchyard::plugin::watch::spawn(host.clone(), stop.clone()).unwrap();
+    let watcher = switchyard_runtime::watch::spawn(host.clone(), stop.clone()).unwrap();
 
     let running = Arc::new(AtomicBool::new(true));
     let (ok, failed, seen_chaos) = (
@@ -608,7 +608,7 @@ async fn a_component_importing_what_the_host_does_not_provide_is_rejected() {
     let target = dir.install("greedy", "bad-import");
     let host = dir.host(test_limits(), no_context()).await;
     assert_eq!(host.version_of("greedy"), None);
-    let reason = host.load_file(&target).await.unwrap_err();
+    let reason = host.load_file(&target).await.unwrap_err().to_string();
     assert!(
         reason.contains("does not provide") && reason.contains("vault"),
         "{reason}"

@@ -288,7 +288,7 @@ async fn a_failing_version_is_rolled_back_automatically_without_a_failed_event()
     let (v1, v2) = (version_of("rollout-v1"), version_of("rollout-v2"));
     let dir = PluginDir::new(Some(MANIFEST));
     dir.install("router", "rollout-v1");
-    let config = switchyard::Config {
+    let config = switchyard_gateway::Config {
         rollback_min_calls: 5,
         rollback_max_failure_rate: 0.5,
         rollback_window_ms: 60_000,
@@ -504,7 +504,7 @@ async fn dry_runs_answer_with_the_chosen_version_and_change_nothing() {
 }
 
 /// Routes a known mix with v1, stages v2, and checks what-if replays of several slices.
-async fn what_if_reports_the_expected_diffs(config: switchyard::Config, dir: &PluginDir) {
+async fn what_if_reports_the_expected_diffs(config: switchyard_gateway::Config, dir: &PluginDir) {
     let v2 = version_of("rollout-v2");
     let gw = Gateway::start(config).await;
     let c = gw.client();
@@ -642,7 +642,7 @@ async fn shadow_sampling_compares_only_the_chosen_events() {
     let dir = PluginDir::new(Some(MANIFEST));
     dir.install("router", "rollout-v1");
     dir.install("router.next", "rollout-v2");
-    let config = switchyard::Config {
+    let config = switchyard_gateway::Config {
         shadow_sample_rate: 0.5,
         ..gateway_config(dir.path())
     };

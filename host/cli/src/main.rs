@@ -1,0 +1,198 @@
+//! The `switchyard` command: `serve` (the default; the gateway), `plugin check` and `plugin run`
+//! (try a plugin), `load` (the load generator), `bench` (benchmarks).
+//!
+//! # Layout
+//!
+//! | module | holds |
+//! |---|---|
+//! | `main` | the command line, logging set-up, and the call into each crate |
+//! | `plugin_cmd` | `plugin check` and `plugin run` |
+
+mod plugin_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Event gateway with hot-swappable WebAssembly routing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default). Configuration comes from the environment.
+    Serve,
+    /// Validate or try a routing plugin.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Send signed events to a gateway and report throughput, latency and (with --wait) the drain.
+    Load {
+        #[command(flatten)]
+        options: switchyard_tools::load::LoadOptions,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check that FILE is a plugin the host would load; print its version id and interface.
+    Check { file: PathBuf },
+    /// Route one event with FILE and print the decision or the error.
+    Run {
+        file: PathBuf,
+        /// The event, as a producer would POST it: {"eventId", "type", "payload"}.
+        #[arg(long)]
+        event: PathBuf,
+        /// Live state the plugin may look up: KIND=FILE.json (any id) or KIND:ID=FILE.json.
+        #[arg(long)]
+        context: Vec<String>,
+        /// Plugin configuration values: KEY=VALUE.
+        #[arg(long)]
+        config: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Per-call overhead and reload time of the plugin host.
+    Plugin {
+        #[arg(long, default_value = "plugins/dist/fixtures/noop.wasm")]
+        noop: PathBuf,
+        #[arg(long, default_value = "plugins/dist/default-router.wasm")]
+        alternate: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        calls: u32,
+        #[arg(long, default_value_t = 20)]
+        reloads: u32,
+    },
+    /// Signature verification cost.
+    Hmac {
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u32,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command.unwrap_or(Command::Serve))) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Serve => {
+            let config = switchyard_gateway::Config::load()?;
+            switchyard_gateway::logs::init(config.log_format.as_deref());
+            let listener =
+                tokio::net::TcpListener::bind((config.listen_host.as_str(), config.port)).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            switchyard_gateway::run(config, listener, shutdown).await?;
+            Ok(true)
+        }
+        Command::Plugin(PluginCommand::Check { file }) => {
+            switchyard_gateway::logs::init(Some("pretty"));
+            plugin_cmd::check(&file).await?;
+            Ok(true)
+        }
+        Command::Plugin(PluginCommand::Run {
+            file,
+            event,
+            context,
+            config,
+        }) => {
+            switchyard_gateway::logs::init(Some("pretty"));
+            plugin_cmd::run(&file, &event, &context, &config).await
+        }
+        Command::Load { options, json } => {
+            let report = switchyard_tools::load::run(options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                switchyard_tools::load::print(&report);
+            }
+            let failures: u64 = report
+                .statuses
+                .iter()
+                .filter(|(k, _)| k.as_str() != "202")
+                .map(|(_, v)| v)
+                .sum();
+            Ok(failures == 0 && report.drain.as_ref().is_none_or(|d| d.failed == 0))
+        }
+        Command::Bench(BenchCommand::Hmac { size, iterations }) => {
+            switchyard_tools::bench::hmac(size, iterations)?;
+            Ok(true)
+        }
+        Command::Bench(BenchCommand::Plugin {
+            noop,
+            alternate,
+            calls,
+            reloads,
+        }) => {
+            switchyard_tools::bench::plugin(switchyard_tools::bench::PluginBench {
+                noop,
+                alternate,
+                calls,
+                reloads,
+            })
+            .await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+async fn signal_shutdown(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}

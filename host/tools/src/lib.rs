@@ -1,0 +1,13 @@
+//! Switchyard's tools beside the gateway: the load generator behind `switchyard load` and the
+//! benchmarks behind `switchyard bench`. A crate of their own, so that the gateway does not
+//! depend on what only they use (an HTTP client, histograms).
+//!
+//! # Layout
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`load`] | signed load against a running gateway, the drain wait, the report |
+//! | [`bench`] | the plugin host's call cost and reload time; signature verification cost |
+
+pub mod bench;
+pub mod load;

@@ -1,0 +1,191 @@
+//! The servers `scripts/test.sh` started (Redis, SecantusDB), and private ones for tests that
+//! stop or restart theirs.
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: the test servers are started by scripts/test.sh; run the suite with it")
+    })
+}
+
+/// URL of the Redis server started for this test run.
+pub fn redis_url() -> String {
+    required_env("SWITCHYARD_TEST_REDIS_URL")
+}
+
+/// URL of the MongoDB-wire server (SecantusDB) started for this test run.
+pub fn mongo_url() -> String {
+    required_env("SWITCHYARD_TEST_MONGO_URL")
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private redis-server for a test that stops or restarts it (killed when dropped).
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    persistence: bool,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port, with AOF persistence (fsync always) in a temp dir.
+    pub fn start() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    /// Starts redis-server on a free port, with AOF persistence on or off.
+    pub fn start_with(persistence: bool) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            persistence,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port and data directory; waits until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(if self.persistence {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/setup.sh)");
+        self.child = Some(child);
+        let t = std::time::Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 64];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf)
+                        .map(|n| buf[..n].starts_with(b"+PONG"))
+                        .unwrap_or(false)
+                {
+                    return;
+                }
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "redis-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (SIGKILL: like a crash; AOF keeps what was acknowledged).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private SecantusDB (MongoDB wire) server for a test that stops and restarts it.
+pub struct MongoServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl MongoServer {
+    /// Starts SecantusDB on a free port with its storage in a temp dir.
+    pub fn start() -> MongoServer {
+        let mut s = MongoServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts on the same port and storage; waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let bin = std::env::var("SWITCHYARD_TEST_SECANTUSD").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/switchyard/secantus-venv/bin/secantusd-py",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let child = std::process::Command::new(&bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--log-level",
+                "WARNING",
+                "--storage-path",
+            ])
+            .arg(self.dir.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (scripts/setup.sh installs it): {e}"));
+        self.child = Some(child);
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(60),
+                "SecantusDB did not start on {}",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server (like a crash or an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
