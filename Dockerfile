@@ -9,11 +9,12 @@ COPY Cargo.toml Cargo.lock ./
 COPY host/model/Cargo.toml host/model/Cargo.toml
 COPY host/runtime/Cargo.toml host/runtime/Cargo.toml
 COPY host/stores/Cargo.toml host/stores/Cargo.toml
+COPY host/delivery/Cargo.toml host/delivery/Cargo.toml
 COPY host/gateway/Cargo.toml host/gateway/Cargo.toml
 COPY host/tools/Cargo.toml host/tools/Cargo.toml
 COPY host/cli/Cargo.toml host/cli/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
-RUN for m in host/model host/runtime host/stores host/gateway host/tools tests; do \
+RUN for m in host/model host/runtime host/stores host/delivery host/gateway host/tools tests; do \
         mkdir -p "$m/src" && touch "$m/src/lib.rs"; \
     done \
     && mkdir -p host/cli/src && echo 'fn main() {}' > host/cli/src/main.rs \

@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-SCENARIOS="${SCENARIOS:-plugin hmac ingest drain embedded-ingest embedded-drain embedded-rss}"
+SCENARIOS="${SCENARIOS:-plugin hmac ingest drain embedded-ingest embedded-drain embedded-rss delivery delivery-redis}"
 bash scripts/setup.sh >/dev/null
 bash scripts/build-plugins.sh 2>/dev/null
 cargo build --release --locked -p switchyard
@@ -42,6 +42,27 @@ start_gateway() { # name, extra env...
   gw_url="http://127.0.0.1:$port"
   wait_http "$gw_url/health"
 }
+
+# A plugins directory for the delivery runs: the default plugin with no delay and no failures
+# (a 0 ms plugin: ORDER_CREATED goes to "orders"), "orders" a destination on 127.0.0.1:$1.
+delivery_plugins() { # receiver port
+  local dir="$work/plugins-delivery"
+  mkdir -p "$dir"
+  cp "$root/plugins/dist/default-router.wasm" "$dir/"
+  cat >"$dir/switchyard.toml" <<EOF
+default = "default-router"
+[config.default-router]
+delay_ms = 0
+failure_rate = 0
+[destinations.orders]
+url = "http://127.0.0.1:$1/orders"
+secret = "$RECEIVE_SECRET"
+allow_private = true
+max_in_flight = 256
+EOF
+  echo "$dir"
+}
+export RECEIVE_SECRET="whsec_$(head -c 32 /dev/urandom | base64)"
 
 start_embedded() { # name, extra env...
   local name="$1"; shift
@@ -107,5 +128,18 @@ embedded-rss|rss)
   kill "$sampler" "$poller" 2>/dev/null || true
   echo "max RSS while draining: $(awk '{printf "%.1f", $1/1024}' "$work/rss.max") MB; most routes in flight at once: $(cat "$work/inflight.max" 2>/dev/null || echo 0)"
   rm -f "$work/rss.max" "$work/inflight.max"
+  kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
+delivery|delivery-redis)
+  rport="$(free_port)"; pdir="$(delivery_plugins "$rport")"
+  if [ "$s" = delivery ]; then
+    start_embedded e-delivery PLUGINS_DIR="$pdir"; backend="embedded store"
+  else
+    # 64 routes at once: SecantusDB (single-threaded Python) stops answering under 2,048.
+    start_gateway delivery PLUGINS_DIR="$pdir" QUEUE_CONCURRENCY=64; backend="Redis (AOF, fsync always) + SecantusDB, QUEUE_CONCURRENCY=64"
+    # Bounded by SecantusDB (three writes per event): about 6 minutes.
+  fi
+  echo; echo "## delivery, $backend: 10,000 events through a 0 ms plugin to a local receiver, workers on during ingest"
+  echo "\$ switchyard load --requests 10000 --concurrency 50 --receive $rport   (RECEIVE_SECRET: the destination's key)"
+  "$bin" load --url "$gw_url" --requests 10000 --concurrency 50 --receive "$rport" --wait-timeout 600
   kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
 esac; done

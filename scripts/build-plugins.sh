@@ -14,7 +14,7 @@ mkdir -p "$root/plugins/dist/fixtures"
 for p in default-router content-router; do
   cp "$out/${p//-/_}.wasm" "$root/plugins/dist/$p.wasm"
 done
-for p in chaos noop wrong-world bad-import rollout-v1 rollout-v2 keyed; do
+for p in chaos noop wrong-world bad-import rollout-v1 rollout-v2 keyed fanout; do
   cp "$out/${p//-/_}.wasm" "$root/plugins/dist/fixtures/$p.wasm"
 done
 cp "$root/plugins/switchyard.toml" "$root/plugins/dist/switchyard.toml"

@@ -57,12 +57,7 @@ impl Client {
     /// POSTs an event signed the Standard Webhooks way, with message id `id` at time `ts`.
     pub async fn send_webhook(&self, event: &serde_json::Value, id: &str, ts: u64) -> Answer {
         let body = serde_json::to_vec(event).unwrap();
-        let sig = switchyard_gateway::http::signature::sign_webhook(
-            TEST_SECRET.as_bytes(),
-            id,
-            ts,
-            &body,
-        );
+        let sig = switchyard_model::signing::sign_webhook(TEST_SECRET.as_bytes(), id, ts, &body);
         let headers = [
             ("content-type", "application/json".to_string()),
             ("webhook-id", id.to_string()),
@@ -75,7 +70,7 @@ impl Client {
     /// Like [`Self::send`], `None` when the connection fails (the gateway died mid-request).
     pub async fn try_send(&self, event: &serde_json::Value) -> Option<Answer> {
         let body = serde_json::to_vec(event).unwrap();
-        let sig = switchyard_gateway::http::signature::sign_hex(TEST_SECRET.as_bytes(), &body);
+        let sig = switchyard_model::signing::sign_hex(TEST_SECRET.as_bytes(), &body);
         let r = self
             .http
             .post(format!("{}/events", self.base))

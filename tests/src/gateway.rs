@@ -85,7 +85,12 @@ impl Gateway {
             {
                 break;
             }
-            assert!(!task.is_finished(), "the gateway exited at start-up");
+            if task.is_finished() {
+                match task.await {
+                    Ok(Err(e)) => panic!("the gateway exited at start-up: {e:#}"),
+                    other => panic!("the gateway exited at start-up: {other:?}"),
+                }
+            }
             assert!(
                 t.elapsed() < std::time::Duration::from_secs(30),
                 "gateway did not start"
@@ -168,6 +173,15 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts the binary with `config` on a free port and waits until it answers `/health`.
     pub async fn start(config: &switchyard_gateway::Config, log: &Path) -> GatewayProcess {
+        Self::start_with_env(config, log, &[]).await
+    }
+
+    /// [`Self::start`] with extra environment variables (fault injection, for one).
+    pub async fn start_with_env(
+        config: &switchyard_gateway::Config,
+        log: &Path,
+        extra: &[(&str, &str)],
+    ) -> GatewayProcess {
         let port = free_port();
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -180,6 +194,7 @@ impl GatewayProcess {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .envs(gateway_env(config, port))
+            .envs(extra.iter().copied())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()
@@ -197,9 +212,12 @@ impl GatewayProcess {
                 return p;
             }
             if let Ok(Some(status)) = p.child.try_wait() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
                 panic!(
-                    "switchyard exited at start-up ({status}); see {}",
-                    log.display()
+                    "switchyard exited at start-up ({status}); the end of {}:\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
             assert!(
@@ -219,6 +237,21 @@ impl GatewayProcess {
     pub fn kill9(&mut self) {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reap");
+    }
+
+    /// Waits for the process to exit by itself (a crash point, say); panics after `timeout`.
+    pub fn wait_exit(mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "switchyard still running after {timeout:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then wait for a clean exit; returns its exit status.

@@ -12,16 +12,19 @@
 //! | [`servers`] | the run's Redis and SecantusDB; private servers to stop and restart; free ports |
 //! | [`gateway`] | test configurations; [`Gateway`] in this process; [`GatewayProcess`], the binary |
 //! | [`client`] | [`Client`]: signed ingestion, admin calls, waiting for events; metrics |
+//! | [`receiver`] | [`Receiver`]: a webhook receiver that verifies signatures independently |
 //! | [`assertions`] | checks shared by the tests |
 
 pub mod assertions;
 pub mod client;
 pub mod gateway;
 pub mod plugins;
+pub mod receiver;
 pub mod servers;
 
 pub use assertions::*;
 pub use client::*;
 pub use gateway::*;
 pub use plugins::*;
+pub use receiver::*;
 pub use servers::*;

@@ -236,6 +236,13 @@ async fn bad_admin_input_is_a_json_400(gw: &Gateway) {
             Some(b"[1,2]".to_vec()),
             "invalid_filter",
         ),
+        // A destination filters deliveries: on the events' dead letters it would match nothing.
+        (
+            M::POST,
+            "/events/dlq/replay",
+            Some(br#"{"destination": "orders"}"#.to_vec()),
+            "invalid_filter",
+        ),
         (
             M::POST,
             "/plugins/default-router/dry-run",
@@ -291,7 +298,7 @@ fn event(id: &str) -> serde_json::Value {
 /// Sends an event as if forwarded for `xff`; returns the status.
 async fn send_from(c: &Client, xff: &str, id: &str) -> u16 {
     let body = serde_json::to_vec(&event(id)).unwrap();
-    let sig = switchyard_gateway::http::signature::sign_hex(TEST_SECRET.as_bytes(), &body);
+    let sig = switchyard_model::signing::sign_hex(TEST_SECRET.as_bytes(), &body);
     let headers = [
         ("content-type", "application/json".to_string()),
         ("x-hmac-signature", sig),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use switchyard_stores::backend::Backend;
 use switchyard_stores::mongo::MongoConfig;
-use switchyard_stores::queue::Limits;
+use switchyard_stores::queue::{Lane, Limits};
 use switchyard_stores::redis::RedisQueueConfig;
 use switchyard_stores::{Stores, contract_suite};
 use switchyard_tests::{mongo_url, redis_url, unique};
@@ -17,6 +17,7 @@ async fn redis_mongo(limits: Limits) -> Stores {
         redis: RedisQueueConfig {
             url: redis_url(),
             prefix: name.clone(),
+            lane: Lane::Events,
             max_depth: limits.max_depth,
             dlq_max_depth: limits.dlq_max_depth,
             command_timeout: Duration::from_secs(2),

@@ -195,7 +195,7 @@ async fn runs_with_nothing_configured_and_says_where_and_how() {
         .header("content-type", "application/json")
         .header(
             "x-hmac-signature",
-            switchyard_gateway::http::signature::sign_hex(secret.as_bytes(), body),
+            switchyard_model::signing::sign_hex(secret.as_bytes(), body),
         )
         .body(body.to_vec())
         .send()

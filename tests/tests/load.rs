@@ -1,6 +1,9 @@
 //! Smoke runs of the load generator (`switchyard load`) against a real gateway, so it cannot rot.
 
-use switchyard_tests::{Gateway, PluginDir, TEST_ADMIN_TOKEN, TEST_SECRET, gateway_config};
+use switchyard_tests::{
+    DESTINATION_SECRET, Gateway, PluginDir, TEST_ADMIN_TOKEN, TEST_SECRET, embedded_config,
+    free_port, gateway_config,
+};
 use switchyard_tools::load::{LoadOptions, Scheme};
 
 fn options(url: &str) -> LoadOptions {
@@ -19,6 +22,8 @@ fn options(url: &str) -> LoadOptions {
         admin_token: Some(TEST_ADMIN_TOKEN.into()),
         allow_remote: false,
         progress: false,
+        receive: None,
+        receive_secret: None,
     }
 }
 
@@ -64,6 +69,36 @@ async fn webhook_signatures_and_repeated_ids_count_duplicates() {
     let drain = report.drain.unwrap();
     assert_eq!(drain.routed, 10);
     assert_eq!(drain.duplicates, 40);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_counts_every_delivery_and_checks_its_signature() {
+    let port = free_port();
+    let manifest = format!(
+        "default = \"default-router\"\n[config.default-router]\ndelay_ms = 0\nfailure_rate = 0\n\
+         [destinations.orders]\nurl = \"http://127.0.0.1:{port}/orders\"\n\
+         secret = \"{DESTINATION_SECRET}\"\nallow_private = true\n"
+    );
+    let dir = PluginDir::new(Some(&manifest));
+    dir.install("default-router", "default-router");
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(embedded_config(dir.path(), data.path())).await;
+    let mut o = options(&gw.url);
+    o.wait = false;
+    o.requests = 200;
+    o.concurrency = 20;
+    o.receive = Some(port);
+    o.receive_secret = Some(DESTINATION_SECRET.into());
+    let report = switchyard_tools::load::run(o).await.unwrap();
+    assert_eq!(report.accepted_events, 200);
+    let d = report.delivered.unwrap();
+    assert_eq!(d.events, 200);
+    assert_eq!((d.bad_signatures, d.unmatched), (0, 0));
+    assert!(d.secs > 0.0 && d.deliveries_per_sec > 0.0);
+    let l = &d.ingest_to_receiver_ms;
+    assert!(l.p50 > 0.0 && l.p99 >= l.p50 && l.max >= l.p99, "{l:?}");
+
     gw.stop().await.unwrap();
 }
 

@@ -196,7 +196,7 @@ async fn one_events_journey_is_in_the_json_logs_under_its_correlation_id() {
     ] {
         let body = serde_json::to_vec(&json!({"eventId": id, "type": ty, "payload": {"lines": 1}}))
             .unwrap();
-        let sig = switchyard_gateway::http::signature::sign_hex(TEST_SECRET.as_bytes(), &body);
+        let sig = switchyard_model::signing::sign_hex(TEST_SECRET.as_bytes(), &body);
         let a = c
             .post_raw(
                 body,

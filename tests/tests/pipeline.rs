@@ -40,7 +40,7 @@ async fn accepted_event_is_routed_with_the_plugins_decision_and_live_order() {
     let body =
         json!({"eventId": "evt-1", "type": "ORDER_CREATED", "payload": {"orderId": "12345"}});
     let bytes = serde_json::to_vec(&body).unwrap();
-    let sig = switchyard_gateway::http::signature::sign_hex(TEST_SECRET.as_bytes(), &bytes);
+    let sig = switchyard_model::signing::sign_hex(TEST_SECRET.as_bytes(), &bytes);
     let a = c
         .post_raw(
             bytes,
@@ -125,8 +125,7 @@ async fn bad_input_gets_its_status_and_nothing_is_queued() {
     let gw = Gateway::start(config).await;
     let c = gw.client();
     let json_ct = ("content-type", "application/json".to_string());
-    let signed =
-        |body: &[u8]| switchyard_gateway::http::signature::sign_hex(TEST_SECRET.as_bytes(), body);
+    let signed = |body: &[u8]| switchyard_model::signing::sign_hex(TEST_SECRET.as_bytes(), body);
 
     // (what, body, headers, expected status, expected error code)
     let mut cases: Vec<Case> = vec![
@@ -177,7 +176,7 @@ async fn bad_input_gets_its_status_and_nothing_is_queued() {
                 json_ct.clone(),
                 (
                     "x-hmac-signature",
-                    switchyard_gateway::http::signature::sign_hex(
+                    switchyard_model::signing::sign_hex(
                         b"wrong",
                         br#"{"eventId":"a","type":"T","payload":{}}"#,
                     ),
@@ -202,7 +201,7 @@ async fn bad_input_gets_its_status_and_nothing_is_queued() {
                 ("webhook-timestamp", "1000".into()),
                 (
                     "webhook-signature",
-                    switchyard_gateway::http::signature::sign_webhook(
+                    switchyard_model::signing::sign_webhook(
                         TEST_SECRET.as_bytes(),
                         "m1",
                         1000,
@@ -294,7 +293,7 @@ async fn bad_input_gets_its_status_and_nothing_is_queued() {
                 ("webhook-timestamp", future.to_string()),
                 (
                     "webhook-signature",
-                    switchyard_gateway::http::signature::sign_webhook(
+                    switchyard_model::signing::sign_webhook(
                         TEST_SECRET.as_bytes(),
                         "m2",
                         future,
@@ -356,7 +355,7 @@ async fn bad_input_gets_its_status_and_nothing_is_queued() {
                 ("webhook-timestamp", now.to_string()),
                 (
                     "webhook-signature",
-                    switchyard_gateway::http::signature::sign_webhook(
+                    switchyard_model::signing::sign_webhook(
                         TEST_SECRET.as_bytes(),
                         "msg-1",
                         now,

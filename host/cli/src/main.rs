@@ -113,7 +113,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
     match command {
         Command::Serve => {
             let config = switchyard_gateway::Config::load()?;
-            switchyard_gateway::logs::init(config.log_format.as_deref());
+            let _logs = switchyard_gateway::logs::init(config.log_format.as_deref());
             let listener =
                 tokio::net::TcpListener::bind((config.listen_host.as_str(), config.port)).await?;
             let shutdown = CancellationToken::new();
@@ -122,7 +122,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Plugin(PluginCommand::Check { file }) => {
-            switchyard_gateway::logs::init(Some("pretty"));
+            let _logs = switchyard_gateway::logs::init(Some("pretty"));
             plugin_cmd::check(&file).await?;
             Ok(true)
         }
@@ -132,7 +132,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             context,
             config,
         }) => {
-            switchyard_gateway::logs::init(Some("pretty"));
+            let _logs = switchyard_gateway::logs::init(Some("pretty"));
             plugin_cmd::run(&file, &event, &context, &config).await
         }
         Command::Load { options, json } => {
@@ -148,7 +148,12 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 .filter(|(k, _)| k.as_str() != "202")
                 .map(|(_, v)| v)
                 .sum();
-            Ok(failures == 0 && report.drain.as_ref().is_none_or(|d| d.failed == 0))
+            Ok(failures == 0
+                && report.drain.as_ref().is_none_or(|d| d.failed == 0)
+                && report
+                    .delivered
+                    .as_ref()
+                    .is_none_or(|d| d.bad_signatures == 0))
         }
         Command::Bench(BenchCommand::Hmac { size, iterations }) => {
             switchyard_tools::bench::hmac(size, iterations)?;

@@ -13,11 +13,14 @@ use switchyard_model::retry::RetryPolicy;
 use switchyard_runtime::rollout::RolloutPolicy;
 use switchyard_stores::backend::Backend;
 use switchyard_stores::mongo::MongoConfig;
-use switchyard_stores::queue::Limits;
+use switchyard_stores::queue::{Lane, Limits};
 use switchyard_stores::redis::RedisQueueConfig;
 
 /// Shortest accepted signing secret or admin token, in bytes (a `whsec_` key after decoding).
 pub const MIN_SECRET_BYTES: usize = 16;
+/// The longest `DELIVERY_CIRCUIT_MAX_COOLDOWN_MS` may be (a day): an open circuit is looked at
+/// again at least that often.
+const MAX_CIRCUIT_COOLDOWN_MS: u64 = 24 * 3600 * 1000;
 
 /// Values that are somebody's example, never a secret.
 const PLACEHOLDERS: &[&str] = &[
@@ -166,6 +169,26 @@ pub struct Config {
     /// (no plugin for its type, instance pool exhausted, live state or memory unavailable)
     /// before it is dead-lettered with kind `host`.
     pub host_failure_max_defer_ms: u64,
+    /// `DELIVERY_CONCURRENCY`: deliveries in flight at most, all destinations together.
+    pub delivery_concurrency: u32,
+    /// `DELIVERY_MAX_ATTEMPTS`: attempts of one delivery before it is dead-lettered (backoff as
+    /// `RETRY_*`).
+    pub delivery_max_attempts: u32,
+    /// `DELIVERY_RETRY_AFTER_MAX_MS`: the longest `Retry-After` of a destination honoured.
+    pub delivery_retry_after_max_ms: u64,
+    /// `DELIVERY_MAX_WAIT_MS`: the longest a delivery waits behind an open circuit (or a busy
+    /// destination) before it is dead-lettered.
+    pub delivery_max_wait_ms: u64,
+    /// `DELIVERY_MAX_DEPTH`: deliveries waiting in the lane (ready and delayed) past which
+    /// ingestion answers 503 with `Retry-After`, so that a slow destination cannot grow the
+    /// backlog without bound (0 = no limit).
+    pub delivery_max_depth: u64,
+    /// `DELIVERY_CIRCUIT_FAILURES`: consecutive failures that open a destination's circuit.
+    pub delivery_circuit_failures: u32,
+    /// `DELIVERY_CIRCUIT_COOLDOWN_MS`, `DELIVERY_CIRCUIT_MAX_COOLDOWN_MS`: how long an open
+    /// circuit waits before a probe, doubling while the destination stays down.
+    pub delivery_circuit_cooldown_ms: u64,
+    pub delivery_circuit_max_cooldown_ms: u64,
     /// `MAX_RETRY_ATTEMPTS`: attempts in all before an event is dead-lettered.
     pub max_retry_attempts: u32,
     /// `RETRY_BASE_MS`, `RETRY_FACTOR`, `RETRY_CAP_MS`, `RETRY_JITTER`: the backoff schedule.
@@ -220,6 +243,14 @@ impl Default for Config {
             shutdown_grace_ms: 15_000,
             backend_retry_ms: 1000,
             host_failure_max_defer_ms: 24 * 3600 * 1000,
+            delivery_concurrency: 256,
+            delivery_max_attempts: 8,
+            delivery_retry_after_max_ms: 300_000,
+            delivery_max_wait_ms: 24 * 3600 * 1000,
+            delivery_max_depth: 100_000,
+            delivery_circuit_failures: 5,
+            delivery_circuit_cooldown_ms: 1_000,
+            delivery_circuit_max_cooldown_ms: 60_000,
             max_retry_attempts: 5,
             retry_base_ms: 1000,
             retry_factor: 2.0,
@@ -272,6 +303,14 @@ const ENV_KEYS: &[&str] = &[
     "shutdown_grace_ms",
     "backend_retry_ms",
     "host_failure_max_defer_ms",
+    "delivery_concurrency",
+    "delivery_max_attempts",
+    "delivery_retry_after_max_ms",
+    "delivery_max_wait_ms",
+    "delivery_max_depth",
+    "delivery_circuit_failures",
+    "delivery_circuit_cooldown_ms",
+    "delivery_circuit_max_cooldown_ms",
     "max_retry_attempts",
     "retry_base_ms",
     "retry_factor",
@@ -365,6 +404,24 @@ impl Config {
             self.ordering_max_waiting >= 1,
             "ORDERING_MAX_WAITING must be at least 1"
         );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.delivery_concurrency),
+            "DELIVERY_CONCURRENCY must be between 1 and 10000"
+        );
+        anyhow::ensure!(
+            self.delivery_max_attempts >= 1,
+            "DELIVERY_MAX_ATTEMPTS must be at least 1"
+        );
+        anyhow::ensure!(
+            self.delivery_circuit_failures >= 1,
+            "DELIVERY_CIRCUIT_FAILURES must be at least 1"
+        );
+        anyhow::ensure!(
+            self.delivery_circuit_cooldown_ms >= 1
+                && self.delivery_circuit_max_cooldown_ms >= self.delivery_circuit_cooldown_ms
+                && self.delivery_circuit_max_cooldown_ms <= MAX_CIRCUIT_COOLDOWN_MS,
+            "DELIVERY_CIRCUIT_COOLDOWN_MS must be at least 1 and at most DELIVERY_CIRCUIT_MAX_COOLDOWN_MS, which is at most {MAX_CIRCUIT_COOLDOWN_MS} (a day)"
+        );
         self.trusted_proxy_nets()?;
         for (n, secret) in self.secrets().iter().enumerate() {
             check_secret("HMAC_SECRET", n, self.secrets().len(), secret)?;
@@ -403,6 +460,7 @@ impl Config {
         let redis = self.redis_url.clone().map(|url| RedisQueueConfig {
             url,
             prefix: self.queue_prefix.clone(),
+            lane: Lane::Events,
             max_depth: self.queue_max_depth,
             dlq_max_depth: self.dlq_max_depth,
             command_timeout: Duration::from_millis(self.redis_timeout_ms),
@@ -455,6 +513,31 @@ impl Config {
             factor: self.retry_factor,
             cap: Duration::from_millis(self.retry_cap_ms),
             jitter: self.retry_jitter,
+        }
+    }
+
+    /// How the delivery pool works (`consumer`: this gateway's consumer name).
+    pub fn delivery_settings(&self, consumer: String) -> switchyard_delivery::DeliverySettings {
+        switchyard_delivery::DeliverySettings {
+            consumer,
+            concurrency: self.delivery_concurrency as usize,
+            visibility_timeout: Duration::from_millis(self.visibility_timeout_ms),
+            retry: RetryPolicy {
+                max_attempts: self.delivery_max_attempts,
+                ..self.retry_policy()
+            },
+            retry_after_max: Duration::from_millis(self.delivery_retry_after_max_ms),
+            max_wait: Duration::from_millis(self.delivery_max_wait_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+
+    /// When a destination's circuit opens, and for how long.
+    pub fn breaker_settings(&self) -> switchyard_delivery::BreakerSettings {
+        switchyard_delivery::BreakerSettings {
+            failures: self.delivery_circuit_failures,
+            cooldown: Duration::from_millis(self.delivery_circuit_cooldown_ms),
+            max_cooldown: Duration::from_millis(self.delivery_circuit_max_cooldown_ms),
         }
     }
 

@@ -16,10 +16,12 @@
 //! | [`live_state`] | the state store as the plugins' read-only `context` |
 //! | [`metrics`] | the Prometheus recorder and the gateway's series |
 //! | [`logs`] | the log subscriber (JSON or compact) |
+//! | `faults` | crash points for fault-injection tests (the `fault-injection` feature) |
 //! | `bundled` | the plugins built into the binary, installed into an empty plugins directory |
 
 mod bundled;
 pub mod config;
+mod faults;
 pub mod http;
 pub mod live_state;
 pub mod logs;
@@ -32,10 +34,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use switchyard_delivery::{DeliveryPool, DeliveryStats, Destinations};
 use switchyard_runtime::version::short_version;
 use switchyard_runtime::{Plugins, Sandbox};
-use switchyard_stores::queue::Queue;
-use switchyard_stores::state::StateStore;
+use switchyard_stores::Stores;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +54,11 @@ pub async fn run(
     metrics::handle();
     let addr = listener.local_addr()?;
     let stores = config.backend()?.open().await?;
-    let (queue, state, backend) = (stores.queue, stores.state, stores.name);
+    let (queue, state, backend) = (
+        stores.queue.clone(),
+        stores.state.clone(),
+        stores.name.clone(),
+    );
     let secrets = match config.secrets() {
         s if !s.is_empty() => s,
         _ if config.embedded() => vec![generated_secret(&config.data_dir, "hmac-secret")?],
@@ -93,10 +99,19 @@ pub async fn run(
         .worker_id
         .clone()
         .unwrap_or_else(|| default_worker_id(addr));
-    let workers = worker::Workers::new(
-        queue.clone(),
-        state.clone(),
+    let destinations = Arc::new(Destinations::new(config.breaker_settings()));
+    sync_destinations(&plugins, &destinations);
+    let destinations_task = tokio::spawn(keep_destinations(
         plugins.clone(),
+        destinations.clone(),
+        shutdown.clone(),
+    ));
+    let workers = worker::Workers::new(
+        worker::WorkerParts {
+            stores: stores.clone(),
+            plugins: plugins.clone(),
+            destinations: destinations.clone(),
+        },
         worker::WorkerSettings {
             consumer: consumer.clone(),
             concurrency: config.queue_concurrency as usize,
@@ -111,10 +126,21 @@ pub async fn run(
         },
         worker_stats.clone(),
     );
+    let delivery_stats = Arc::new(DeliveryStats::default());
+    let delivery = DeliveryPool::new(
+        stores.deliveries.clone(),
+        state.clone(),
+        destinations.clone(),
+        config.delivery_settings(consumer.clone()),
+        delivery_stats.clone(),
+    );
     let workers_stop = CancellationToken::new();
     let workers_task = config
         .workers
         .then(|| tokio::spawn(workers.run(workers_stop.clone())));
+    let delivery_task = config
+        .workers
+        .then(|| tokio::spawn(delivery.run(workers_stop.clone())));
 
     let verifier = http::signature::Verifier::new(
         &secrets,
@@ -122,7 +148,12 @@ pub async fn run(
     )
     .map_err(anyhow::Error::msg)?
     .timestamped_only(config.require_timestamped_signatures);
-    let housekeeping = tokio::spawn(housekeeping(queue.clone(), state.clone(), shutdown.clone()));
+    let housekeeping = tokio::spawn(housekeeping(stores.clone(), shutdown.clone()));
+    let backlog = tokio::spawn(measure_backlog(
+        stores.deliveries.clone(),
+        delivery_stats.clone(),
+        shutdown.clone(),
+    ));
     let app = http::router(http::AppState {
         plugins,
         queue,
@@ -135,9 +166,13 @@ pub async fn run(
             rate_limit: config.rate_limit_max_requests,
             rate_window: Duration::from_millis(config.rate_limit_window_ms),
             trusted_proxies: http::client::TrustedProxies::new(config.trusted_proxy_nets()?),
+            delivery_max_depth: config.delivery_max_depth,
         }),
         admin_token: admin_token.map(Arc::from),
         worker_stats,
+        deliveries: stores.deliveries.clone(),
+        destinations,
+        delivery_stats,
         dlq_max_depth: config.dlq_max_depth,
     });
     tracing::info!(
@@ -157,12 +192,14 @@ pub async fn run(
     .await?;
     tracing::info!("stopped accepting requests; draining workers");
     workers_stop.cancel();
-    if let Some(task) = workers_task {
+    for task in [workers_task, delivery_task].into_iter().flatten() {
         let _ = task.await;
     }
     shutdown.cancel();
     let _ = watcher.await;
     let _ = housekeeping.await;
+    let _ = backlog.await;
+    let _ = destinations_task.await;
     tracing::info!("switchyard stopped");
     Ok(())
 }
@@ -171,19 +208,77 @@ pub async fn run(
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the stores' housekeeping until `stop` is cancelled.
-async fn housekeeping(queue: Arc<dyn Queue>, state: Arc<dyn StateStore>, stop: CancellationToken) {
+async fn housekeeping(stores: Stores, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
         }
         let now = switchyard_model::clock::now_ms();
-        if let Err(e) = queue.maintain(now).await {
-            tracing::warn!(error = %e, "queue housekeeping failed; retrying later");
+        for (lane, queue) in [
+            ("events", &stores.queue),
+            ("deliveries", &stores.deliveries),
+        ] {
+            if let Err(e) = queue.maintain(now).await {
+                tracing::warn!(error = %e, lane, "queue housekeeping failed; retrying later");
+            }
         }
-        if let Err(e) = state.maintain(now).await {
+        if let Err(e) = stores.state.maintain(now).await {
             tracing::warn!(error = %e, "state store housekeeping failed; retrying later");
         }
+    }
+}
+
+/// How often the deliveries backlog is measured for `DELIVERY_MAX_DEPTH`.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Measures the deliveries lane's backlog (ready and delayed) until `stop`; ingestion holds it
+/// against `DELIVERY_MAX_DEPTH`. A failed measure keeps the last one.
+async fn measure_backlog(
+    deliveries: Arc<dyn switchyard_stores::queue::Queue>,
+    stats: Arc<DeliveryStats>,
+    stop: CancellationToken,
+) {
+    loop {
+        match deliveries.stats().await {
+            Ok(q) => stats
+                .backlog
+                .store(q.ready + q.delayed, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => tracing::debug!(error = %e, "cannot measure the deliveries backlog"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(BACKLOG_EVERY) => {}
+        }
+    }
+}
+
+/// How often the destinations follow the manifest.
+const DESTINATIONS_EVERY: Duration = Duration::from_millis(200);
+
+/// Applies the manifest's `[destinations]` if it changed (a generation compare when it did
+/// not); a table that does not parse leaves the destinations in force and is logged (once per
+/// manifest). The workers call it too, before writing an outbox, so that a destination added in
+/// the same manifest edit as the routing that uses it is owed from the first event.
+pub(crate) fn sync_destinations(plugins: &Plugins, destinations: &Destinations) {
+    let (generation, table) = plugins.destinations();
+    if let Err(e) = destinations.apply(generation, &table) {
+        tracing::error!(error = %e, "destinations not applied: the previous ones stay in force");
+    }
+}
+
+/// Keeps the destinations in step with the manifest until `stop`.
+async fn keep_destinations(
+    plugins: Plugins,
+    destinations: Arc<Destinations>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DESTINATIONS_EVERY) => {}
+        }
+        sync_destinations(&plugins, &destinations);
     }
 }
 

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `switchyard_ingest_requests_total` | counter | `status` | here |
 //! | `switchyard_ingest_duration_seconds` | histogram | `status` | here |
-//! | `switchyard_queue_depth` | gauge | `queue` = ready, in_flight, delayed, dead_letter | here (at scrape) |
+//! | `switchyard_queue_depth` | gauge | `queue` = ready, in_flight, delayed, dead_letter; deliveries_ready, deliveries_in_flight, deliveries_delayed, deliveries_dead_letter | here (at scrape) |
 //! | `switchyard_events_total` | counter | `event_type`, `outcome` = routed, retried, dead_lettered, duplicate, deferred | here |
 //! | `switchyard_rate_limit_clients` | gauge | — | `http::client` |
 //! | `switchyard_plugin_call_duration_seconds` | histogram | `plugin`, `version`, `result` = ok or an error kind | the runtime |
@@ -14,6 +14,9 @@
 //! | `switchyard_plugin_swaps_total` | counter | `plugin`, `action` = loaded, promoted, rolled_back, auto_rolled_back | the runtime |
 //! | `switchyard_shadow_calls_total` | counter | `plugin`, `result` = agreed, differed, skipped | the runtime |
 //! | `switchyard_queue_group_recreated_total` | counter | — | the Redis queue |
+//! | `switchyard_deliveries_total` | counter | `destination`, `outcome` = delivered, retried, deferred, dead_lettered | the delivery pool |
+//! | `switchyard_delivery_duration_seconds` | histogram | `destination` | the delivery pool |
+//! | `switchyard_destination_circuit_state` | gauge | `destination` (0 closed, 1 half-open, 2 open) | the delivery pool |
 //!
 //! Event types come from producers: past [`MAX_EVENT_TYPES`] distinct values they are counted as
 //! `_other`, so a hostile producer cannot blow up the series count.
@@ -75,14 +78,16 @@ pub fn ingest(status: u16, seconds: f64) {
     metrics::histogram!("switchyard_ingest_duration_seconds", "status" => status).record(seconds);
 }
 
-/// Sets the queue depth gauges.
-pub fn queue_depths(stats: &switchyard_stores::queue::QueueStats) {
+/// Sets the queue depth gauges of a lane: the events lane's `queue` labels are bare (`ready`),
+/// the deliveries lane's carry `prefix` (`deliveries_ready`).
+pub fn queue_depths(prefix: &str, stats: &switchyard_stores::queue::QueueStats) {
     for (queue, value) in [
         ("ready", stats.ready),
         ("in_flight", stats.in_flight),
         ("delayed", stats.delayed),
         ("dead_letter", stats.dead_lettered),
     ] {
-        metrics::gauge!("switchyard_queue_depth", "queue" => queue).set(value as f64);
+        metrics::gauge!("switchyard_queue_depth", "queue" => format!("{prefix}{queue}"))
+            .set(value as f64);
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
-use switchyard_gateway::http::signature::{HMAC_HEADER, Verifier, sign_hex, sign_webhook};
+use switchyard_gateway::http::signature::{HMAC_HEADER, Verifier};
 use switchyard_model::event::IncomingEvent;
+use switchyard_model::signing::{sign_hex, sign_webhook};
 
 const NOW: u64 = 1_800_000_000;
 

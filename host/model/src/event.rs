@@ -26,6 +26,19 @@ pub struct Job {
     /// attempts. Jobs queued before this field existed read as `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deferred: Option<Deferral>,
+    /// Set on a delivery job (the deliveries lane): where the routed event goes. `payload` is
+    /// then the body to send, and `attempt` the delivery attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryTarget>,
+}
+
+/// The destination of a delivery job, and the Standard Webhooks message id it is sent with: the
+/// same for every attempt, so that a receiver can drop the repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryTarget {
+    pub destination: String,
+    pub webhook_id: String,
 }
 
 /// Consecutive deferrals of an event by failures of the host.
@@ -46,6 +59,13 @@ impl Job {
             deferred: None,
             ..self.clone()
         }
+    }
+
+    /// Names the ingest this job came from: the same through the retries, deferrals, reclaims
+    /// and replays of its queue entry (which may move it to a new queue id), different for
+    /// another request carrying the same event id (another correlation id, or a later time).
+    pub fn ingest_token(&self) -> String {
+        format!("{}@{}", self.correlation_id, self.received_at_ms)
     }
 
     /// The event as an operator's replay from the dead-letter queue sends it again: a fresh

@@ -1,6 +1,8 @@
 //! An event's record in the state store, as operators see it: its lifecycle state, the history
 //! of its attempts, its decision, and why it waits when it waits.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::routing::{Decision, PluginId};
@@ -81,6 +83,15 @@ pub struct EventRecord {
     /// Set while failures of the host keep deferring the event (cleared by the next attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deferred: Option<Deferred>,
+    /// The deliveries the event owes, by destination: written with the routed outcome (the
+    /// outbox), then updated by each delivery attempt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deliveries: BTreeMap<String, DeliveryStatus>,
+    /// The ingest that routed the event ([`crate::event::Job::ingest_token`]; the queue entry's
+    /// id for records routed by earlier versions): tells that ingest's redelivery after a crash
+    /// or a lost answer from a producer's resend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_by: Option<String>,
     pub received_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -131,4 +142,50 @@ pub struct StateCounts {
     pub pending: u64,
     pub routed: u64,
     pub failed: u64,
+}
+
+/// Where one delivery of an event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryState {
+    /// Owed: not delivered yet (waiting, being sent, or retrying).
+    Pending,
+    Delivered,
+    /// Given up: in the deliveries dead-letter queue.
+    Failed,
+}
+
+/// One destination's delivery of an event, as the record shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryStatus {
+    pub state: DeliveryState,
+    /// The Standard Webhooks message id, the same for every attempt.
+    pub webhook_id: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<u64>,
+    pub updated_at_ms: u64,
+}
+
+impl DeliveryStatus {
+    /// A delivery owed, not tried yet.
+    pub fn owed(webhook_id: String, now_ms: u64) -> Self {
+        DeliveryStatus {
+            state: DeliveryState::Pending,
+            webhook_id,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            delivered_at_ms: None,
+            next_attempt_at_ms: None,
+            updated_at_ms: now_ms,
+        }
+    }
 }

@@ -53,6 +53,12 @@ impl RetryPolicy {
     }
 }
 
+/// `wait` plus a random share of up to `fraction` of it: spreads the moment many waiters come
+/// back (deliveries behind one circuit, all due when it half-opens).
+pub fn spread(wait: Duration, fraction: f64) -> Duration {
+    wait + wait.mul_f64(fraction.clamp(0.0, 1.0) * rand::random::<f64>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

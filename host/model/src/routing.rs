@@ -20,11 +20,38 @@ pub struct RouteRequest {
 
 /// A plugin's routing decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Decision {
+    /// The (first) destination.
     pub destination: String,
+    /// Every destination, in order, when the plugin named more than one (contract 0.2; empty
+    /// otherwise). See [`Decision::destinations`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
+    /// What to deliver instead of the event's envelope, as JSON text (contract 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
     pub reason: String,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+}
+
+impl Decision {
+    /// A decision for one destination, the event's payload unchanged (contract 0.1).
+    pub fn to(destination: impl Into<String>, reason: impl Into<String>) -> Self {
+        Decision {
+            destination: destination.into(),
+            also: Vec::new(),
+            payload: None,
+            reason: reason.into(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Every destination, the first one first.
+    pub fn destinations(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.destination.as_str()).chain(self.also.iter().map(String::as_str))
+    }
 }
 
 /// Which plugin version handled a call.

@@ -11,6 +11,10 @@
 //! [config.default-router]             # values the plugin reads through the `config` import
 //! delay_ms = 2000
 //! failure_rate = 0.1
+//!
+//! [destinations.orders]                # where routed events are delivered (read by the gateway)
+//! url = "https://orders.internal/hooks"
+//! secret = "env:ORDERS_WEBHOOK_SECRET"
 //! ```
 //! Without a manifest (or without `default`), the default plugin is `default-router`, or the
 //! only plugin when there is exactly one.
@@ -34,6 +38,9 @@ pub struct Manifest {
     /// Prefix patterns (`"SHIPMENT_*"` stored as `"SHIPMENT_"`), longest first.
     pub prefixes: Vec<(String, String)>,
     pub config: BTreeMap<String, Arc<BTreeMap<String, String>>>,
+    /// `[destinations]`, as written: the runtime does not read it (it is the embedder's: where
+    /// routed events are delivered).
+    pub destinations: Arc<toml::Table>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +51,8 @@ struct Raw {
     routes: BTreeMap<String, String>,
     #[serde(default)]
     config: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    #[serde(default)]
+    destinations: toml::Table,
 }
 
 impl Manifest {
@@ -52,6 +61,7 @@ impl Manifest {
         let raw: Raw = toml::from_str(text).map_err(|e| e.message().to_string())?;
         let mut m = Manifest {
             default: raw.default,
+            destinations: Arc::new(raw.destinations),
             ..Manifest::default()
         };
         for (pattern, plugin) in raw.routes {

@@ -41,6 +41,8 @@ pub struct LoadedInfo {
     pub loaded_at_ms: u64,
     pub size_bytes: u64,
     pub path: PathBuf,
+    /// The contract version the component targets: `0.1` or `0.2`.
+    pub contract: String,
 }
 
 /// A version that was refused, and why.
@@ -91,6 +93,8 @@ pub(super) struct Snapshot {
     /// Freshly swapped versions under watch for automatic rollback.
     pub(super) watches: BTreeMap<String, Arc<Watch>>,
     manifest: Manifest,
+    /// How many manifests were loaded (each load counts, even an identical one).
+    manifest_generation: u64,
     /// The default plugin, derived from the manifest and the loaded names at each swap.
     default: Option<String>,
 }
@@ -455,6 +459,16 @@ impl Plugins {
             routes.insert(format!("{prefix}*"), plugin.clone());
         }
         (routes, registry.default.clone())
+    }
+
+    /// The manifest's `[destinations]` table, with the number of manifests loaded so far (it
+    /// changes when the manifest does).
+    pub fn destinations(&self) -> (u64, Arc<toml::Table>) {
+        let snapshot = self.inner.registry.load();
+        (
+            snapshot.manifest_generation,
+            snapshot.manifest.destinations.clone(),
+        )
     }
 
     /// True when at least one plugin is loaded and the default (if named) is among them.

@@ -93,11 +93,17 @@ impl Answer {
         }
     }
 
-    /// True when both answers have the same effect on the event: the same destination and
-    /// metadata (the `reason` is an explanation, not an effect), or the same kind of failure.
+    /// True when both answers have the same effect on the event: the same destinations, payload
+    /// and metadata (the `reason` is an explanation, not an effect), or the same kind of
+    /// failure. A 0.1 decision is one destination with the payload unchanged, so it compares
+    /// with a 0.2 one as such.
     pub fn same_effect(&self, other: &Answer) -> bool {
         match (&self.decision, &other.decision) {
-            (Some(a), Some(b)) => a.destination == b.destination && a.metadata == b.metadata,
+            (Some(a), Some(b)) => {
+                a.destinations().eq(b.destinations())
+                    && a.payload == b.payload
+                    && a.metadata == b.metadata
+            }
             (None, None) => self.error_kind == other.error_kind,
             _ => false,
         }
@@ -318,11 +324,7 @@ mod tests {
     use super::*;
 
     fn decision(destination: &str, reason: &str) -> Result<Decision, PluginError> {
-        Ok(Decision {
-            destination: destination.into(),
-            reason: reason.into(),
-            metadata: Default::default(),
-        })
+        Ok(Decision::to(destination, reason))
     }
 
     #[test]
@@ -334,6 +336,26 @@ mod tests {
         assert!(!a.same_effect(&trap));
         assert!(trap.same_effect(&Answer::of(&Err(PluginError::Trap("other".into())))));
         assert!(!trap.same_effect(&Answer::of(&Err(PluginError::Transient("t".into())))));
+    }
+
+    #[test]
+    fn a_one_destination_answer_of_either_contract_compares_the_same() {
+        let v1 = Answer::of(&decision("orders", "0.1"));
+        let v2 = Answer::of(&Ok(Decision {
+            also: vec![],
+            ..Decision::to("orders", "0.2")
+        }));
+        assert!(v1.same_effect(&v2));
+        let fan_out = Answer::of(&Ok(Decision {
+            also: vec!["audit".into()],
+            ..Decision::to("orders", "0.2")
+        }));
+        assert!(!v1.same_effect(&fan_out));
+        let reshaped = Answer::of(&Ok(Decision {
+            payload: Some("{}".into()),
+            ..Decision::to("orders", "0.2")
+        }));
+        assert!(!v1.same_effect(&reshaped));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::queue::{Limits, Queue};
+use crate::queue::{Lane, Limits, Queue};
 use crate::state::StateStore;
 
 /// Where the queue and the event state live.
@@ -56,7 +56,11 @@ impl Backend {
     pub async fn open(self) -> anyhow::Result<Stores> {
         match self {
             Backend::Networked { redis, mongo } => {
+                let deliveries = redis.clone().for_deliveries();
                 let queue = crate::redis::RedisQueue::connect(redis)
+                    .await
+                    .context("cannot connect to Redis (REDIS_URL)")?;
+                let deliveries = crate::redis::RedisQueue::connect(deliveries)
                     .await
                     .context("cannot connect to Redis (REDIS_URL)")?;
                 let state = crate::mongo::MongoStore::connect(mongo)
@@ -64,6 +68,7 @@ impl Backend {
                     .context("cannot connect to MongoDB (MONGO_URL)")?;
                 Ok(Stores {
                     queue: Arc::new(queue),
+                    deliveries: Arc::new(deliveries),
                     state: Arc::new(state),
                     name: "redis+mongodb".into(),
                 })
@@ -72,11 +77,19 @@ impl Backend {
                 let db = crate::embedded::EmbeddedDb::open(&dir)?;
                 let queue = crate::embedded::queue::EmbeddedQueue::open(
                     db.clone(),
+                    Lane::Events,
                     limits.max_depth,
                     limits.dlq_max_depth,
                 )?;
+                let deliveries = crate::embedded::queue::EmbeddedQueue::open(
+                    db.clone(),
+                    Lane::Deliveries,
+                    0,
+                    0,
+                )?;
                 Ok(Stores {
                     queue: Arc::new(queue),
+                    deliveries: Arc::new(deliveries),
                     state: Arc::new(crate::embedded::state::EmbeddedState::new(db, ttl)),
                     name: format!(
                         "embedded ({})",
@@ -86,8 +99,10 @@ impl Backend {
             }
             Backend::Memory { limits } => {
                 let store = Arc::new(crate::memory::MemoryStore::new(limits));
+                let deliveries = Arc::new(crate::memory::MemoryStore::new(Limits::default()));
                 Ok(Stores {
                     queue: store.clone(),
+                    deliveries,
                     state: store,
                     name: "memory".into(),
                 })
@@ -99,7 +114,10 @@ impl Backend {
 /// An opened backend.
 #[derive(Clone)]
 pub struct Stores {
+    /// Events to route.
     pub queue: Arc<dyn Queue>,
+    /// Deliveries of routed events to send (see [`Lane`]).
+    pub deliveries: Arc<dyn Queue>,
     pub state: Arc<dyn StateStore>,
     /// What it is, for the start-up log.
     pub name: String,

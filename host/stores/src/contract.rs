@@ -2,11 +2,13 @@
 //! backend ([`Stores`]), and [`contract_suite!`](crate::contract_suite) to run them all as
 //! tests for one backend: one row per backend.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard_model::event::DeliveryTarget;
 use switchyard_model::event::Job;
-use switchyard_model::record::{Attempt, EventState};
+use switchyard_model::record::{Attempt, DeliveryState, DeliveryStatus, EventState};
 use switchyard_model::routing::{Decision, PluginId};
 
 use crate::Stores;
@@ -22,7 +24,7 @@ macro_rules! contract_suite {
         mod $module {
             use $crate::queue::Limits;
             use $crate::contract as c;
-            $crate::contract_suite!(@tests $open; enqueue_fetch_ack, retries_come_back_in_due_order, unfinished_deliveries_are_reclaimed_after_the_visibility_timeout, dead_letters_list_and_replay_exactly_once, claim_is_idempotent, state_transitions_keep_history_and_counts, an_expired_lease_can_be_taken_over, context_documents_round_trip, a_message_id_reused_with_another_body_is_refused, cursors_that_are_not_positions_are_invalid, touched_deliveries_are_not_reclaimed, a_deferral_keeps_attempts_and_history_and_frees_the_lease, reclaim_passes_go_on_where_the_last_one_stopped, a_reclaimed_entry_carries_its_in_place_progress, a_replay_starts_the_event_afresh);
+            $crate::contract_suite!(@tests $open; the_outbox_is_written_with_the_routed_outcome, the_deliveries_lane_is_a_queue_of_its_own, enqueue_fetch_ack, retries_come_back_in_due_order, unfinished_deliveries_are_reclaimed_after_the_visibility_timeout, dead_letters_list_and_replay_exactly_once, claim_is_idempotent, state_transitions_keep_history_and_counts, an_expired_lease_can_be_taken_over, context_documents_round_trip, a_message_id_reused_with_another_body_is_refused, cursors_that_are_not_positions_are_invalid, touched_deliveries_are_not_reclaimed, a_deferral_keeps_attempts_and_history_and_frees_the_lease, reclaim_passes_go_on_where_the_last_one_stopped, a_reclaimed_entry_carries_its_in_place_progress, a_replay_starts_the_event_afresh);
             #[tokio::test]
             async fn depth_limit() {
                 let limits = Limits { max_depth: 2, ..Limits::default() };
@@ -77,6 +79,7 @@ fn job(id: &str, ty: &str) -> Job {
         attempt: 1,
         replays: 0,
         deferred: None,
+        delivery: None,
     }
 }
 
@@ -99,17 +102,19 @@ fn attempt(n: u32, outcome: &str) -> Attempt {
 }
 
 fn routed(n: u32) -> Finish {
+    routed_with(n, BTreeMap::new())
+}
+
+fn routed_with(n: u32, deliveries: BTreeMap<String, DeliveryStatus>) -> Finish {
     Finish::Routed {
-        decision: Decision {
-            destination: "d".into(),
-            reason: "r".into(),
-            metadata: Default::default(),
-        },
+        decision: Decision::to("d", "r"),
         plugin: PluginId {
             name: "p".into(),
             version: "v".into(),
         },
         attempt: attempt(n, "routed"),
+        deliveries,
+        routed_by: "entry-1".into(),
     }
 }
 
@@ -589,5 +594,115 @@ pub async fn a_replay_starts_the_event_afresh(b: Stores) {
         ),
         (1, 1, None),
         "no old deferral clock: a replay is a fresh first attempt"
+    );
+}
+
+pub async fn the_outbox_is_written_with_the_routed_outcome(b: Stores) {
+    let lease = Duration::from_secs(30);
+    let j = job("out", "T");
+    assert_eq!(
+        b.state.claim(&j, "d1", lease).await.unwrap(),
+        Claim::Claimed
+    );
+    let owed = DeliveryStatus::owed("msg_1".into(), now());
+    let outbox = BTreeMap::from([("orders".to_string(), owed.clone())]);
+    assert!(
+        b.state
+            .finish("out", "d1", routed_with(1, outbox))
+            .await
+            .unwrap()
+    );
+    let r = b.state.get("out").await.unwrap().unwrap();
+    assert_eq!(r.state, EventState::Routed);
+    assert_eq!(
+        r.deliveries["orders"], owed,
+        "owed in the same write as ROUTED"
+    );
+    assert_eq!(r.routed_by.as_deref(), Some("entry-1"));
+    let delivered = DeliveryStatus {
+        state: DeliveryState::Delivered,
+        attempts: 1,
+        last_status: Some(204),
+        delivered_at_ms: Some(now()),
+        ..owed
+    };
+    assert!(
+        b.state
+            .record_delivery("out", "orders", &delivered)
+            .await
+            .unwrap()
+    );
+    let r = b.state.get("out").await.unwrap().unwrap();
+    assert_eq!(r.deliveries["orders"], delivered);
+    // A late copy of the delivery (reclaimed, or queued twice) failing afterwards does not
+    // overwrite what the receiver already got.
+    let late = DeliveryStatus {
+        state: DeliveryState::Failed,
+        attempts: 2,
+        last_status: Some(400),
+        last_error: Some("a late copy".into()),
+        delivered_at_ms: None,
+        ..delivered.clone()
+    };
+    assert!(
+        !b.state
+            .record_delivery("out", "orders", &late)
+            .await
+            .unwrap(),
+        "a delivered delivery stays delivered"
+    );
+    let r = b.state.get("out").await.unwrap().unwrap();
+    assert_eq!(r.deliveries["orders"], delivered);
+    assert!(
+        !b.state
+            .record_delivery("out", "audit", &delivered)
+            .await
+            .unwrap(),
+        "not owed"
+    );
+    assert!(
+        !b.state
+            .record_delivery("none", "orders", &delivered)
+            .await
+            .unwrap()
+    );
+}
+
+pub async fn the_deliveries_lane_is_a_queue_of_its_own(b: Stores) {
+    let mut delivery = job("dl", "T");
+    delivery.delivery = Some(DeliveryTarget {
+        destination: "orders".into(),
+        webhook_id: "msg_dl".into(),
+    });
+    b.deliveries.enqueue(&delivery, None).await.unwrap();
+    assert_eq!(
+        b.queue.stats().await.unwrap().ready,
+        0,
+        "not in the events lane"
+    );
+    assert!(fetched(&b, "c1", 10).await.is_empty());
+    let got = b
+        .deliveries
+        .fetch("c1", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.delivery, delivery.delivery);
+    b.deliveries
+        .dead_letter(&got[0], "delivery", "400")
+        .await
+        .unwrap();
+    assert_eq!(b.deliveries.stats().await.unwrap().dead_lettered, 1);
+    assert_eq!(b.queue.stats().await.unwrap().dead_lettered, 0);
+    let replayed = b.deliveries.replay(&ReplayFilter::default()).await.unwrap();
+    assert_eq!(replayed, ["dl"]);
+    let again = b
+        .deliveries
+        .fetch("c1", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0].job.delivery, delivery.delivery,
+        "a replay re-sends the delivery"
     );
 }

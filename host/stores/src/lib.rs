@@ -8,6 +8,7 @@
 //! | [`queue`] | the [`queue::Queue`] trait and its types (deliveries, dead letters, replay) |
 //! | [`state`] | the [`state::StateStore`] trait: the idempotent claim, finishing, live context |
 //! | [`backend`] | [`Backend`], the choice of backend, opened into [`Stores`] |
+//! | [`consumer`] | the loops a consumer of a lane runs (promote, reclaim, keep-alive) |
 //! | [`redis`] | the queue on Redis Streams |
 //! | [`mongo`] | the state store on MongoDB |
 //! | [`embedded`] | both on one redb file: the database and its writer; `embedded/queue`, `embedded/state` |
@@ -20,6 +21,7 @@
 //! exactly that way (its row is at the end of `memory.rs`).
 
 pub mod backend;
+pub mod consumer;
 pub mod embedded;
 pub mod memory;
 pub mod mongo;

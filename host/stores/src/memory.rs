@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use switchyard_model::clock::now_ms;
 use switchyard_model::event::Job;
-use switchyard_model::record::{EventRecord, EventState, ScanFilter, StateCounts, StoredEvent};
+use switchyard_model::record::{
+    DeliveryState, DeliveryStatus, EventRecord, EventState, ScanFilter, StateCounts, StoredEvent,
+};
 use tokio::sync::Notify;
 
 use crate::queue::{
@@ -377,6 +379,8 @@ impl StateStore for MemoryStore {
                 error: None,
                 duplicates: 0,
                 deferred: None,
+                deliveries: Default::default(),
+                routed_by: None,
                 received_at_ms: job.received_at_ms,
                 updated_at_ms: now,
             };
@@ -431,11 +435,15 @@ impl StateStore for MemoryStore {
                 decision,
                 plugin,
                 attempt,
+                deliveries,
+                routed_by,
             } => {
                 r.state = EventState::Routed;
                 r.decision = Some(decision);
                 r.plugin = Some(plugin);
                 r.error = None;
+                r.deliveries = deliveries;
+                r.routed_by = Some(routed_by);
                 attempt
             }
             Finish::Retry { attempt } => {
@@ -496,6 +504,26 @@ impl StateStore for MemoryStore {
         });
         found.truncate(limit);
         Ok(found)
+    }
+
+    async fn record_delivery(
+        &self,
+        event_id: &str,
+        destination: &str,
+        status: &DeliveryStatus,
+    ) -> Result<bool, state::Error> {
+        let mut m = self.lock();
+        let slot = m
+            .records
+            .get_mut(event_id)
+            .and_then(|s| s.record.deliveries.get_mut(destination));
+        Ok(match slot {
+            Some(slot) if slot.state != DeliveryState::Delivered => {
+                *slot = status.clone();
+                true
+            }
+            _ => false,
+        })
     }
 
     async fn lookup(&self, kind: &str, id: &str) -> Result<Option<String>, state::Error> {

@@ -17,7 +17,9 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use switchyard_model::event::Job;
-use switchyard_model::record::{Attempt, EventRecord, ScanFilter, StateCounts, StoredEvent};
+use switchyard_model::record::{
+    Attempt, DeliveryState, DeliveryStatus, EventRecord, ScanFilter, StateCounts, StoredEvent,
+};
 
 use crate::state::{Claim, Error, Finish, StateStore};
 
@@ -221,10 +223,20 @@ impl StateStore for MongoStore {
                 decision,
                 plugin,
                 attempt,
+                deliveries,
+                routed_by,
             } => (
                 ROUTED,
                 attempt,
-                doc! { "decision": to_bson(decision)?, "plugin": to_bson(plugin)?, "routedAtMs": now, "error": Bson::Null },
+                doc! {
+                    "decision": to_bson(decision)?,
+                    "plugin": to_bson(plugin)?,
+                    "routedAtMs": now,
+                    "error": Bson::Null,
+                    // The outbox: in the same document, so in the same atomic write.
+                    "deliveries": to_bson(deliveries)?,
+                    "routedBy": routed_by,
+                },
             ),
             Finish::Retry { attempt } => {
                 (PENDING, attempt, doc! { "error": attempt.error.clone() })
@@ -328,6 +340,32 @@ impl StateStore for MongoStore {
             found.push(StoredEvent { record, payload });
         }
         Ok(found)
+    }
+
+    async fn record_delivery(
+        &self,
+        event_id: &str,
+        destination: &str,
+        status: &DeliveryStatus,
+    ) -> Result<bool, Error> {
+        if destination.contains(['.', '\0']) || destination.starts_with('$') {
+            return Err(Error::Invalid(format!("destination name {destination:?}")));
+        }
+        let field = format!("deliveries.{destination}");
+        let state = format!("{field}.state");
+        let r = self
+            .events
+            .update_one(
+                doc! {
+                    "eventId": event_id,
+                    &field: { "$exists": true },
+                    &state: { "$ne": to_bson(&DeliveryState::Delivered)? },
+                },
+                doc! { "$set": { &field: to_bson(status)? } },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(r.matched_count == 1)
     }
 
     async fn lookup(&self, kind: &str, id: &str) -> Result<Option<String>, Error> {

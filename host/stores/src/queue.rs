@@ -74,6 +74,8 @@ pub struct ReplayFilter {
     /// Only events of this type.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
+    /// Only deliveries to this destination (the deliveries lane).
+    pub destination: Option<String>,
 }
 
 impl ReplayFilter {
@@ -85,7 +87,22 @@ impl ReplayFilter {
                 .event_type
                 .as_ref()
                 .is_none_or(|t| *t == job.event_type)
+            && self.destination.as_ref().is_none_or(|d| {
+                job.delivery
+                    .as_ref()
+                    .is_some_and(|target| target.destination == *d)
+            })
     }
+}
+
+/// The two queues of a backend: events to route, and deliveries of routed events to send. Each
+/// has its own ready entries, retries and dead letters; deliveries are never refused for depth
+/// (they come from events already accepted), and their dead letters do not count against
+/// `DLQ_MAX_DEPTH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Events,
+    Deliveries,
 }
 
 /// Bounds every queue backend enforces.

@@ -1,7 +1,8 @@
 //! The queue on Redis Streams.
 //!
 //! Key layout (every key shares the hash tag `{<prefix>}`, so each script touches one slot and
-//! the layout works on Redis Cluster):
+//! the layout works on Redis Cluster). The deliveries lane has the same keys under
+//! `{p}:deliveries:` (`{p}:deliveries:ready`, …).
 //!
 //! | key                    | type       | holds                                                   |
 //! |------------------------|------------|---------------------------------------------------------|
@@ -30,7 +31,9 @@ use redis::{AsyncCommands, Script, Value};
 use switchyard_model::clock::now_ms;
 use switchyard_model::event::Job;
 
-use crate::queue::{DeadLetter, Delivery, Error, Queue, QueueStats, ReplayFilter, ReplayGuard};
+use crate::queue::{
+    DeadLetter, Delivery, Error, Lane, Queue, QueueStats, ReplayFilter, ReplayGuard,
+};
 
 const GROUP: &str = "workers";
 const ACCEPTED_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -81,6 +84,8 @@ pub struct RedisQueueConfig {
     pub url: String,
     /// Key prefix (inside the hash tag).
     pub prefix: String,
+    /// Which of the backend's two queues this is.
+    pub lane: Lane,
     /// Refuse new events beyond this many ready + delayed (0 = no limit).
     pub max_depth: u64,
     /// Refuse new events while the dead-letter queue holds this many (0 = no limit).
@@ -117,28 +122,35 @@ impl std::fmt::Debug for RedisQueue {
 #[derive(Clone, Debug)]
 struct Keys {
     prefix: String,
+    /// `{p}` for the events lane, `{p}:deliveries` for the deliveries lane (one hash tag).
+    base: String,
     ready: String,
     delayed: String,
     dlq: String,
 }
 
 impl Keys {
-    fn new(prefix: &str) -> Self {
+    fn new(prefix: &str, lane: Lane) -> Self {
+        let base = match lane {
+            Lane::Events => format!("{{{prefix}}}"),
+            Lane::Deliveries => format!("{{{prefix}}}:deliveries"),
+        };
         Keys {
             prefix: prefix.to_string(),
-            ready: format!("{{{prefix}}}:ready"),
-            delayed: format!("{{{prefix}}}:delayed"),
-            dlq: format!("{{{prefix}}}:dlq"),
+            ready: format!("{base}:ready"),
+            delayed: format!("{base}:delayed"),
+            dlq: format!("{base}:dlq"),
+            base,
         }
     }
     fn accepted(&self, event_id: &str) -> String {
-        format!("{{{}}}:ev:{event_id}", self.prefix)
+        format!("{}:ev:{event_id}", self.base)
     }
     fn message(&self, message_id: &str) -> String {
-        format!("{{{}}}:wh:{message_id}", self.prefix)
+        format!("{}:wh:{message_id}", self.base)
     }
     fn progress(&self, entry_id: &str) -> String {
-        format!("{{{}}}:now:{entry_id}", self.prefix)
+        format!("{}:now:{entry_id}", self.base)
     }
 }
 
@@ -159,6 +171,19 @@ fn stream_id(id: &str) -> (u64, u64) {
 
 fn unavailable(e: redis::RedisError) -> Error {
     Error::Unavailable(e.to_string())
+}
+
+impl RedisQueueConfig {
+    /// The same Redis and prefix, for the deliveries lane: no depth limits (deliveries come
+    /// from events already accepted and are never refused).
+    pub fn for_deliveries(self) -> Self {
+        RedisQueueConfig {
+            lane: Lane::Deliveries,
+            max_depth: 0,
+            dlq_max_depth: 0,
+            ..self
+        }
+    }
 }
 
 impl RedisQueue {
@@ -185,7 +210,7 @@ impl RedisQueue {
         let mut queue = RedisQueue {
             cmd,
             blocking,
-            keys: Keys::new(&config.prefix),
+            keys: Keys::new(&config.prefix, config.lane),
             max_depth: config.max_depth,
             dlq_max_depth: config.dlq_max_depth,
             enqueue: Script::new(ENQUEUE),

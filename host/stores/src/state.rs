@@ -2,12 +2,13 @@
 //! `ROUTING_PENDING → ROUTED | FAILED` with its history, and read-only live context. The records
 //! themselves are [`switchyard_model::record`]'s.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use switchyard_model::event::Job;
 use switchyard_model::record::{
-    Attempt, Deferred, EventRecord, ScanFilter, StateCounts, StoredEvent,
+    Attempt, Deferred, DeliveryStatus, EventRecord, ScanFilter, StateCounts, StoredEvent,
 };
 use switchyard_model::routing::{Decision, PluginId};
 
@@ -35,10 +36,15 @@ pub enum Claim {
 /// How a claimed delivery ended.
 #[derive(Debug, Clone)]
 pub enum Finish {
+    /// Routed; `deliveries` is the outbox (what the event owes each declared destination),
+    /// written in the same atomic write, and `routed_by` the ingest that routed it
+    /// (`Job::ingest_token`).
     Routed {
         decision: Decision,
         plugin: PluginId,
         attempt: Attempt,
+        deliveries: BTreeMap<String, DeliveryStatus>,
+        routed_by: String,
     },
     Retry {
         attempt: Attempt,
@@ -65,6 +71,15 @@ pub trait StateStore: Send + Sync + 'static {
     /// Up to `limit` finished events matching `filter`, oldest received first, with their
     /// payloads (for what-if replays). Records stored without a payload are left out.
     async fn scan(&self, filter: &ScanFilter, limit: usize) -> Result<Vec<StoredEvent>, Error>;
+    /// Records where `event_id`'s delivery to `destination` stands. A delivered delivery stays
+    /// as it is (whatever a late copy of it reports afterwards). `false` when nothing was
+    /// written: the event has no such delivery (expired, or never owed), or it was delivered.
+    async fn record_delivery(
+        &self,
+        event_id: &str,
+        destination: &str,
+        status: &DeliveryStatus,
+    ) -> Result<bool, Error>;
     /// Live `order` / `shipment` documents for plugins, as JSON text.
     async fn lookup(&self, kind: &str, id: &str) -> Result<Option<String>, Error>;
     /// Creates or replaces a live document (`PUT /context/{kind}/{id}`).

@@ -187,7 +187,8 @@ pub async fn plugin(opts: PluginBench) -> anyhow::Result<()> {
 
 /// `switchyard bench hmac`: signature verification cost for a body of `size` bytes.
 pub fn hmac(size: usize, iterations: u32) -> anyhow::Result<()> {
-    use switchyard_gateway::http::signature::{HMAC_HEADER, Verifier, sign_hex};
+    use switchyard_gateway::http::signature::{HMAC_HEADER, Verifier};
+    use switchyard_model::signing::sign_hex;
     let body = vec![b'x'; size];
     let verifier = Verifier::new(
         &["bench-signing-secret-0123456789"],

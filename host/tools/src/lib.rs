@@ -7,7 +7,11 @@
 //! | module | holds |
 //! |---|---|
 //! | [`load`] | signed load against a running gateway, the drain wait, the report |
+//! | [`receive`] | the receiver `load --receive` runs: deliveries/s, ingest-to-receiver latency |
+//! | [`latency`] | latency summaries of the reports |
 //! | [`bench`] | the plugin host's call cost and reload time; signature verification cost |
 
 pub mod bench;
+pub mod latency;
 pub mod load;
+pub mod receive;

@@ -1,6 +1,7 @@
 //! `switchyard load`: a load generator that signs requests exactly as a producer would, and
-//! optionally waits until every accepted event is final. Bounded in count and time; refuses
-//! targets off this machine unless told otherwise.
+//! optionally waits until every accepted event is final (`--wait`) or delivered to a receiver
+//! it runs itself (`--receive`). Bounded in count and time; refuses targets off this machine
+//! unless told otherwise.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,7 +14,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use switchyard_gateway::http::signature::{sign_hex, sign_webhook};
+use switchyard_model::signing::{sign_hex, sign_webhook};
+
+pub use crate::latency::Latency;
 
 /// How requests are signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,15 +71,14 @@ pub struct LoadOptions {
     /// Print a progress line every second.
     #[arg(long)]
     pub progress: bool,
-}
-
-/// Latency summary, in milliseconds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub max: f64,
+    /// Receive the deliveries on 127.0.0.1:PORT (a destination of the gateway's manifest, with
+    /// `allow_private = true`) and report deliveries/s and ingest-to-receiver latency; waits up
+    /// to --wait-timeout for every accepted event to arrive.
+    #[arg(long, value_name = "PORT")]
+    pub receive: Option<u16>,
+    /// The destination's `whsec_` key: the receiver checks every signature with it.
+    #[arg(long, env = "RECEIVE_SECRET", hide_env_values = true)]
+    pub receive_secret: Option<String>,
 }
 
 /// What a load run measured.
@@ -92,6 +94,8 @@ pub struct Report {
     /// Distinct event ids answered 202.
     pub accepted_events: u64,
     pub drain: Option<Drain>,
+    /// What the receiver got (`--receive`).
+    pub delivered: Option<crate::receive::Delivered>,
 }
 
 /// The drain after the run (`--wait`).
@@ -128,6 +132,7 @@ struct Shared {
     deadline: Instant,
     run_id: String,
     limiter: Option<governor::DefaultDirectRateLimiter>,
+    receipts: Option<Arc<crate::receive::Receipts>>,
 }
 
 struct TaskResult {
@@ -179,6 +184,9 @@ async fn worker(shared: Arc<Shared>) -> TaskResult {
                     )
             }
         };
+        if let Some(r) = &shared.receipts {
+            r.sending(n);
+        }
         let started = Instant::now();
         let status = match req.body(body).send().await {
             Ok(resp) => {
@@ -236,12 +244,26 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
     } else {
         None
     };
+    let run_id = format!("load-{}-{}", now().as_millis(), std::process::id());
+    let receiver = match opts.receive {
+        Some(port) => Some(
+            crate::receive::start(
+                port,
+                opts.receive_secret.as_deref(),
+                format!("{run_id}-"),
+                opts.requests,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         client: client.clone(),
         next: AtomicU64::new(0),
         done: AtomicU64::new(0),
         deadline: Instant::now() + Duration::from_secs(opts.duration),
-        run_id: format!("load-{}-{}", now().as_millis(), std::process::id()),
+        run_id,
+        receipts: receiver.as_ref().map(|r| r.receipts.clone()),
         limiter: std::num::NonZeroU32::new(opts.rate)
             .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
         opts: opts.clone(),
@@ -278,21 +300,31 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
         p.abort();
     }
     let sent = hist.len();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let mut report = Report {
         sent,
         elapsed_secs: elapsed.as_secs_f64(),
         requests_per_sec: sent as f64 / elapsed.as_secs_f64().max(1e-9),
-        latency_ms: Latency {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            max: hist.max() as f64 / 1000.0,
-        },
+        latency_ms: Latency::of_micros(&hist),
         statuses,
         accepted_events: accepted.len() as u64,
         drain: None,
+        delivered: None,
     };
+    if let Some(receiver) = &receiver {
+        let receipts = &receiver.receipts;
+        let timeout = Duration::from_secs(opts.wait_timeout);
+        crate::receive::wait_for(receipts, report.accepted_events, timeout, opts.progress).await;
+        if receipts.events() < report.accepted_events {
+            bail!(
+                "{} of {} accepted events delivered to 127.0.0.1:{} after {} s",
+                receipts.events(),
+                report.accepted_events,
+                opts.receive.unwrap_or_default(),
+                opts.wait_timeout
+            );
+        }
+        report.delivered = Some(receipts.report());
+    }
     if let Some(before) = before {
         let target =
             field(&before, &["routed"]) + field(&before, &["failed"]) + report.accepted_events;
@@ -369,6 +401,21 @@ pub fn print(r: &Report) {
         println!(
             "drained in {:.2} s ({:.1} events/s): ROUTED {}, FAILED {}, retries {}, duplicate deliveries {}",
             d.drain_secs, d.events_per_sec, d.routed, d.failed, d.retries, d.duplicates
+        );
+    }
+    if let Some(d) = &r.delivered {
+        println!(
+            "delivered {} events in {:.2} s from the first ingest to the last receipt: {:.0} deliveries/s",
+            d.events, d.secs, d.deliveries_per_sec
+        );
+        let l = &d.ingest_to_receiver_ms;
+        println!(
+            "ingest to receiver ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            l.p50, l.p90, l.p99, l.max
+        );
+        println!(
+            "repeated receipts {}, unmatched requests {}, bad signatures {}",
+            d.repeats, d.unmatched, d.bad_signatures
         );
     }
 }

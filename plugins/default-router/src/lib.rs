@@ -9,7 +9,7 @@
 /// Generated bindings for the `router` world; nothing hand-written here.
 #[allow(clippy::too_many_arguments)]
 mod bindings {
-    wit_bindgen::generate!({ world: "router", path: "../../wit" });
+    wit_bindgen::generate!({ world: "router", path: "../../wit/v0.1" });
 }
 
 use bindings::Guest;

@@ -12,7 +12,7 @@ use super::auth::{MaybeAdmin, RequireAdmin};
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery, LimitedBody, json_body};
 use switchyard_model::event::is_printable_id;
-use switchyard_stores::queue::ReplayFilter;
+use switchyard_stores::queue::{Queue, ReplayFilter};
 
 /// Longest wait for a backend in an admin endpoint before answering 503.
 const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -114,11 +114,12 @@ pub async fn event(
 }
 
 pub async fn stats(_: RequireAdmin, State(s): State<AppState>) -> Result<Response, ApiError> {
-    let (queue, states) = tokio::join!(
+    let (queue, deliveries, states) = tokio::join!(
         bounded("the queue", s.queue.stats()),
+        bounded("the queue", s.deliveries.stats()),
         bounded("the state store", s.state.counts())
     );
-    let (queue, states) = (queue?, states?);
+    let (queue, deliveries, states) = (queue?, deliveries?, states?);
     Ok(Json(json!({
         "ready": queue.ready,
         "inFlight": queue.in_flight,
@@ -128,10 +129,18 @@ pub async fn stats(_: RequireAdmin, State(s): State<AppState>) -> Result<Respons
         "routed": states.routed,
         "failed": states.failed,
         "workers": s.worker_stats.snapshot(),
+        "deliveries": {
+            "ready": deliveries.ready,
+            "inFlight": deliveries.in_flight,
+            "delayed": deliveries.delayed,
+            "deadLettered": deliveries.dead_lettered,
+            "pool": s.delivery_stats.snapshot(),
+        },
     }))
     .into_response())
 }
 
+/// A page of dead letters: `?limit=&cursor=`.
 #[derive(Deserialize)]
 pub struct Page {
     limit: Option<usize>,
@@ -143,10 +152,15 @@ pub async fn failed(
     State(s): State<AppState>,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
+    dead_letters(&*s.queue, page).await
+}
+
+/// A page of a lane's dead letters, oldest first.
+pub(super) async fn dead_letters(queue: &dyn Queue, page: Page) -> Result<Response, ApiError> {
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
     let items = bounded(
         "the queue",
-        s.queue.dead_letters(page.cursor.as_deref(), limit),
+        queue.dead_letters(page.cursor.as_deref(), limit),
     )
     .await?;
     let next = if items.len() == limit {
@@ -157,7 +171,7 @@ pub async fn failed(
     let items: Vec<_> = items
         .into_iter()
         .map(|l| {
-            json!({
+            let mut item = json!({
                 "id": l.id,
                 "eventId": l.job.event_id,
                 "type": l.job.event_type,
@@ -169,7 +183,12 @@ pub async fn failed(
                 "errorKind": l.error_kind,
                 "failedAtMs": l.failed_at_ms,
                 "receivedAtMs": l.job.received_at_ms,
-            })
+            });
+            if let Some(target) = &l.job.delivery {
+                item["destination"] = json!(target.destination);
+                item["webhookId"] = json!(target.webhook_id);
+            }
+            item
         })
         .collect();
     Ok(Json(json!({ "items": items, "nextCursor": next })).into_response())
@@ -180,16 +199,32 @@ pub async fn replay(
     State(s): State<AppState>,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    let filter: ReplayFilter = json_body(&body).map_err(|e| {
+    replay_lane(&*s.queue, &body, false).await
+}
+
+/// Replays a lane's dead letters matching the filter in `body`; a `destination` filter only
+/// where the lane holds deliveries (elsewhere it would silently match nothing).
+pub(super) async fn replay_lane(
+    queue: &dyn Queue,
+    body: &[u8],
+    deliveries: bool,
+) -> Result<Response, ApiError> {
+    let filter: ReplayFilter = json_body(body).map_err(|e| {
         ApiError::bad_request(
             "invalid_filter",
             format!(
-                "body must be {{\"eventIds\": [..]}} and/or {{\"type\": ..}}: {}",
+                "body must be {{\"eventIds\": [..]}}, {{\"type\": ..}} and/or {{\"destination\": ..}}: {}",
                 e.message
             ),
         )
     })?;
-    let ids = s.queue.replay(&filter).await?;
+    if filter.destination.is_some() && !deliveries {
+        return Err(ApiError::bad_request(
+            "invalid_filter",
+            "a destination filters deliveries: use POST /deliveries/dlq/replay",
+        ));
+    }
+    let ids = queue.replay(&filter).await?;
     tracing::info!(replayed = ids.len(), filter = ?filter, "dead-letter queue replayed");
     Ok(Json(json!({ "replayed": ids.len(), "eventIds": ids })).into_response())
 }

@@ -1,6 +1,7 @@
 //! `POST /events`: verify, validate, append to the queue once, answer 202.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Json;
@@ -130,6 +131,21 @@ async fn accept(
         replays: 0,
         ..Job::default()
     };
+    // The deliveries already waiting for their destinations bound what is taken in: past
+    // DELIVERY_MAX_DEPTH the producer is asked to come back (a slow destination must not grow
+    // the lane without bound).
+    let max = s.ingest.delivery_max_depth;
+    let backlog = s.delivery_stats.backlog.load(Ordering::Relaxed);
+    if max > 0 && backlog >= max {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "delivery_backlog_full",
+            format!(
+                "{backlog} deliveries are waiting for their destinations (DELIVERY_MAX_DEPTH {max}); retry later"
+            ),
+        )
+        .retry_after(5));
+    }
     // A bounded wait: a producer gets 503 rather than a hang when the queue is slow or gone.
     // (If the append lands after the deadline, the producer's retry is a counted duplicate.)
     tokio::time::timeout(

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod deliveries;
 pub mod error;
 pub mod extract;
 pub mod ingest;
@@ -50,6 +51,9 @@ pub struct IngestSettings {
     pub rate_window: Duration,
     /// Load balancers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: client::TrustedProxies,
+    /// `DELIVERY_MAX_DEPTH` (0 = none): new events are refused while the deliveries backlog is
+    /// at it.
+    pub delivery_max_depth: u64,
 }
 
 /// What the handlers share.
@@ -63,6 +67,10 @@ pub struct AppState {
     pub worker_stats: Arc<WorkerStats>,
     /// `DLQ_MAX_DEPTH` (0 = none), shown by `/ready`.
     pub dlq_max_depth: u64,
+    /// The deliveries lane (its dead letters, its depths).
+    pub deliveries: Arc<dyn Queue>,
+    pub destinations: Arc<switchyard_delivery::Destinations>,
+    pub delivery_stats: Arc<switchyard_delivery::DeliveryStats>,
 }
 
 /// The gateway's routes and middleware.
@@ -85,6 +93,9 @@ pub fn router(state: AppState) -> Router {
         .route("/events/failed", get(admin::failed))
         .route("/events/dlq/replay", post(admin::replay))
         .route("/events/{event_id}", get(admin::event))
+        .route("/destinations", get(deliveries::destinations))
+        .route("/deliveries/failed", get(deliveries::failed))
+        .route("/deliveries/dlq/replay", post(deliveries::replay))
         .route("/context/{kind}/{id}", axum::routing::put(admin::put_context))
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
@@ -137,10 +148,12 @@ async fn plugins(State(s): State<AppState>) -> impl IntoResponse {
 
 /// `GET /metrics`: Prometheus text format. Queue depths are read at scrape time.
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    match tokio::time::timeout(Duration::from_secs(2), s.queue.stats()).await {
-        Ok(Ok(stats)) => crate::metrics::queue_depths(&stats),
-        Ok(Err(e)) => tracing::warn!(error = %e, "queue depths unavailable for /metrics"),
-        Err(_) => tracing::warn!("queue depths timed out for /metrics"),
+    for (prefix, lane) in [("", &s.queue), ("deliveries_", &s.deliveries)] {
+        match tokio::time::timeout(Duration::from_secs(2), lane.stats()).await {
+            Ok(Ok(stats)) => crate::metrics::queue_depths(prefix, &stats),
+            Ok(Err(e)) => tracing::warn!(error = %e, "queue depths unavailable for /metrics"),
+            Err(_) => tracing::warn!("queue depths timed out for /metrics"),
+        }
     }
     (
         [(

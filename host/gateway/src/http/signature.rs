@@ -208,25 +208,11 @@ impl Verifier {
     }
 }
 
-/// Hex HMAC-SHA256 of `body` (what a producer puts in `x-hmac-signature`).
-pub fn sign_hex(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// Standard Webhooks `webhook-signature` value for `id`, `timestamp` and `body`.
-pub fn sign_webhook(secret: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use switchyard_model::signing::{sign_hex, sign_webhook};
 
     const NOW: u64 = 1_800_000_000;
 

@@ -1,9 +1,9 @@
 //! The worker pool: fetches deliveries, claims each event, routes it through its plugin, and
 //! settles it (routed, retried with backoff, deferred, or dead-lettered: [`settle`]).
 //! Concurrency is a semaphore of `concurrency` permits held while a delivery runs; routing never
-//! holds an OS thread. Beside it run the promoter (due retries → ready), the reclaimer
-//! (deliveries of dead consumers) and the keep-alive (deliveries this process still works on
-//! are touched, so that nobody reclaims them).
+//! holds an OS thread. Beside it run the loops of [`Consumer`]: due retries moved to ready,
+//! deliveries of dead consumers reclaimed, and the deliveries this process still works on kept
+//! alive. A routed event's deliveries go to the deliveries lane (see `switchyard-delivery`).
 //!
 //! Keyed deliveries (see [`crate::ordering`]) that wait for their key, or retry in place while
 //! holding it, give back their permit but stay in memory: at most `ordering_max_waiting` of
@@ -22,9 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use switchyard_delivery::Destinations;
 use switchyard_model::clock::now_ms;
 use switchyard_model::retry::RetryPolicy;
 use switchyard_runtime::{PluginError, Plugins};
+use switchyard_stores::Stores;
+use switchyard_stores::consumer::Consumer;
 use switchyard_stores::queue::{Delivery, Queue};
 use switchyard_stores::state::StateStore;
 
@@ -119,6 +122,12 @@ pub struct Workers {
 
 struct Inner {
     queue: Arc<dyn Queue>,
+    /// The lane a routed event's deliveries go to.
+    deliveries: Arc<dyn Queue>,
+    /// The destinations the manifest declares (the outbox names only those).
+    destinations: Arc<Destinations>,
+    /// The loops beside the fetch loop, and the entries being worked on.
+    consumer: Consumer,
     state: Arc<dyn StateStore>,
     plugins: Plugins,
     settings: WorkerSettings,
@@ -126,9 +135,6 @@ struct Inner {
     permits: Arc<Semaphore>,
     limiter: Option<DefaultDirectRateLimiter>,
     tracker: TaskTracker,
-    /// Queue entries this process is working on (a reclaim must not start them twice), with
-    /// when each was last touched.
-    active: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Wakes the fetch loop when a waiting keyed delivery goes on.
     waiting_changed: tokio::sync::Notify,
     /// Per-key order for plugins that choose ordering keys.
@@ -163,7 +169,6 @@ impl Drop for Waiting<'_> {
 
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 const FETCH_BATCH: usize = 256;
-const PROMOTE_EVERY: Duration = Duration::from_millis(100);
 const BACKEND_PAUSE: Duration = Duration::from_millis(500);
 /// How often a paused fetch loop looks again even without a wake-up.
 const PAUSE_RECHECK: Duration = Duration::from_millis(500);
@@ -171,14 +176,20 @@ const PAUSE_RECHECK: Duration = Duration::from_millis(500);
 /// failed (and is deferred through the queue).
 const KEY_HOST_RETRIES: u32 = 5;
 
+/// What the worker pool works with.
+pub struct WorkerParts {
+    pub stores: Stores,
+    pub plugins: Plugins,
+    pub destinations: Arc<Destinations>,
+}
+
 impl Workers {
-    pub fn new(
-        queue: Arc<dyn Queue>,
-        state: Arc<dyn StateStore>,
-        plugins: Plugins,
-        settings: WorkerSettings,
-        stats: Arc<WorkerStats>,
-    ) -> Self {
+    pub fn new(parts: WorkerParts, settings: WorkerSettings, stats: Arc<WorkerStats>) -> Self {
+        let WorkerParts {
+            stores,
+            plugins,
+            destinations,
+        } = parts;
         let limiter = settings
             .rate_limit
             .and_then(std::num::NonZeroU32::new)
@@ -186,14 +197,20 @@ impl Workers {
         Workers {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
-                queue,
-                state,
+                consumer: Consumer::new(
+                    stores.queue.clone(),
+                    settings.consumer.clone(),
+                    settings.visibility_timeout,
+                ),
+                queue: stores.queue,
+                deliveries: stores.deliveries,
+                destinations,
+                state: stores.state,
                 plugins,
                 settings,
                 stats,
                 limiter,
                 tracker: TaskTracker::new(),
-                active: Default::default(),
                 waiting_changed: tokio::sync::Notify::new(),
                 sequencer: Sequencer::default(),
                 stopping: CancellationToken::new(),
@@ -206,11 +223,17 @@ impl Workers {
     pub async fn run(self, stop: CancellationToken) {
         let inner = &self.inner;
         tracing::info!(consumer = %inner.settings.consumer, concurrency = inner.settings.concurrency, "workers started");
+        let consumer = &inner.consumer;
+        let room = || {
+            let waiting = inner.stats.waiting.load(Ordering::Relaxed) as usize;
+            let room = inner.settings.ordering_max_waiting.saturating_sub(waiting);
+            inner.permits.available_permits().min(room)
+        };
         tokio::join!(
             self.fetch_loop(&stop),
-            self.promote_loop(&stop),
-            self.reclaim_loop(&stop),
-            self.keepalive_loop(&stop)
+            consumer.promote_loop(&stop),
+            consumer.reclaim_loop(&stop, room, |ds| self.dispatch(ds, None)),
+            consumer.keepalive_loop(&stop)
         );
         inner.stopping.cancel();
         inner.tracker.close();
@@ -269,93 +292,9 @@ impl Workers {
         }
     }
 
-    async fn promote_loop(&self, stop: &CancellationToken) {
-        while !stop.is_cancelled() {
-            match self.inner.queue.promote_due(now_ms(), 1000).await {
-                Ok(n) if n > 0 => tracing::debug!(promoted = n, "due retries moved to ready"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot promote due retries"),
-            }
-            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(PROMOTE_EVERY) => {} }
-        }
-    }
-
-    async fn reclaim_loop(&self, stop: &CancellationToken) {
-        let inner = &self.inner;
-        let every = (inner.settings.visibility_timeout / 4).max(Duration::from_millis(250));
-        while !stop.is_cancelled() {
-            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(every) => {} }
-            let room = inner
-                .settings
-                .ordering_max_waiting
-                .saturating_sub(inner.stats.waiting.load(Ordering::Relaxed) as usize);
-            let max = inner.permits.available_permits().min(FETCH_BATCH).min(room);
-            if max == 0 {
-                continue;
-            }
-            match inner
-                .queue
-                .reclaim(
-                    &inner.settings.consumer,
-                    inner.settings.visibility_timeout,
-                    max,
-                )
-                .await
-            {
-                Ok(ds) if !ds.is_empty() => {
-                    tracing::warn!(
-                        count = ds.len(),
-                        "reclaimed deliveries left unfinished by a consumer"
-                    );
-                    self.dispatch(ds, None).await;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot reclaim idle deliveries"),
-            }
-        }
-    }
-
-    /// Touches the deliveries this process has held for a while (waiting for their key, or
-    /// retrying in place), so that the queue does not hand them to another consumer.
-    async fn keepalive_loop(&self, stop: &CancellationToken) {
-        let inner = &self.inner;
-        let every = (inner.settings.visibility_timeout / 3).max(Duration::from_millis(250));
-        while !stop.is_cancelled() {
-            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(every) => {} }
-            let now = std::time::Instant::now();
-            let due: Vec<String> = {
-                let mut active = inner.active.lock().unwrap_or_else(|p| p.into_inner());
-                active
-                    .iter_mut()
-                    .filter(|(_, touched)| now.duration_since(**touched) >= every)
-                    .map(|(id, touched)| {
-                        *touched = now;
-                        id.clone()
-                    })
-                    .collect()
-            };
-            if due.is_empty() {
-                continue;
-            }
-            if let Err(e) = inner.queue.touch(&inner.settings.consumer, &due).await {
-                tracing::warn!(error = %e, count = due.len(), "cannot keep deliveries in flight");
-            }
-        }
-    }
-
     async fn dispatch(&self, deliveries: Vec<Delivery>, mut first: Option<OwnedSemaphorePermit>) {
         for d in deliveries {
-            let fresh = {
-                let mut active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
-                match active.entry(d.id.clone()) {
-                    std::collections::hash_map::Entry::Occupied(_) => false,
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(std::time::Instant::now());
-                        true
-                    }
-                }
-            };
-            if !fresh {
+            if !self.inner.consumer.start(&d.id) {
                 tracing::debug!(id = %d.id, "reclaimed entry is still being routed here; not started twice");
                 continue;
             }
@@ -392,11 +331,7 @@ impl Workers {
                 async move {
                     let id = d.id.clone();
                     inner.deliver(d, permit, ticket).await;
-                    inner
-                        .active
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                    inner.consumer.done(&id);
                     inner.stats.in_progress.fetch_sub(1, Ordering::Relaxed);
                 }
                 .instrument(span),

@@ -8,9 +8,13 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
 use switchyard_model::clock::now_ms;
-use switchyard_model::event::Job;
-use switchyard_model::record::{Attempt, Deferred};
+
+use switchyard_model::delivery;
+use switchyard_model::event::{DeliveryTarget, Job};
+use switchyard_model::record::{Attempt, Deferred, DeliveryState, DeliveryStatus};
+use switchyard_model::routing::Decision;
 use switchyard_runtime::PluginError;
 use switchyard_runtime::registry::RouteOutcome;
 use switchyard_runtime::version::short_version;
@@ -69,6 +73,13 @@ impl Inner {
         match self.state.claim(job, &owner, self.settings.lease).await {
             Err(e) => return self.come_back(d, job.clone(), &e, in_place).await,
             Ok(Claim::AlreadyRouted) => {
+                match self.resend_owed(d).await {
+                    Ok(true) => return Next::Done,
+                    Ok(false) => {}
+                    // Whether this entry still owes deliveries is unknown: it must not be
+                    // acknowledged as a duplicate before that is known.
+                    Err(e) => return self.come_back(d, job.clone(), &e, in_place).await,
+                }
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::event(&job.event_type, "duplicate");
                 tracing::info!("duplicate delivery of a routed event: not routed again");
@@ -92,12 +103,13 @@ impl Inner {
             },
             None => self.plugins.route(&job.route_request()).await,
         };
-        let verdict = self.verdict(job, outcome, started);
+        let verdict = self.verdict(d, outcome, started);
         self.settle(d, &owner, verdict, in_place).await
     }
 
     /// Judges an attempt's outcome: routed, retried, failed for good, or deferred.
-    fn verdict(&self, job: &Job, outcome: RouteOutcome, started: Instant) -> Verdict {
+    fn verdict(&self, d: &Delivery, outcome: RouteOutcome, started: Instant) -> Verdict {
+        let job = &d.job;
         let now = now_ms();
         let mut attempt = Attempt {
             attempt: job.attempt,
@@ -116,9 +128,11 @@ impl Inner {
                 attempt.destination = Some(decision.destination.clone());
                 let plugin = outcome.plugin.expect("a decision comes from a plugin");
                 let finish = Finish::Routed {
+                    deliveries: self.outbox(&job.event_id, &decision, now),
                     decision,
                     plugin,
                     attempt,
+                    routed_by: job.ingest_token(),
                 };
                 return Verdict {
                     finish,
@@ -196,15 +210,29 @@ impl Inner {
             Finish::Deferred(_) => None,
         }
         .map(|v| short_version(&v).to_string());
-        let destination = match &verdict.finish {
-            Finish::Routed { decision, .. } => decision.destination.clone(),
-            _ => String::new(),
+        let (destination, routed) = match &verdict.finish {
+            Finish::Routed {
+                decision,
+                deliveries,
+                ..
+            } => (
+                decision.destination.clone(),
+                Some((
+                    decision.clone(),
+                    deliveries.keys().cloned().collect::<Vec<_>>(),
+                )),
+            ),
+            _ => (String::new(), None),
         };
         match self
             .state
             .finish(&job.event_id, owner, verdict.finish)
             .await
         {
+            Ok(true) if crate::faults::answer_lost("routed-commit") => {
+                let lost = "fault injected: the answer to the routed outcome's write was lost";
+                return self.come_back(d, job.clone(), &lost, in_place).await;
+            }
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!("lease lost to another delivery; leaving the event to it");
@@ -221,6 +249,13 @@ impl Inner {
                 self.stats.routed.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::event(&job.event_type, "routed");
                 tracing::info!(destination, plugin_version, "event routed");
+                crate::faults::crash_point("after-routed-commit");
+                if let Some((decision, owed)) = routed
+                    && !self.send_deliveries(d, &decision, &owed).await
+                {
+                    // The outbox has them: the entry stays pending, and its redelivery sends them.
+                    return Next::Done;
+                }
                 self.finish_queue(self.queue.ack(d).await);
                 Next::Done
             }
@@ -287,6 +322,95 @@ impl Inner {
             tracing::warn!(error = %e, "queue unavailable too; the delivery stays pending and will be reclaimed");
         }
         Next::Done
+    }
+
+    /// What a routed event owes: one delivery per destination of its decision that the
+    /// manifest declares (each once), with the message id it is sent with.
+    fn outbox(
+        &self,
+        event_id: &str,
+        decision: &Decision,
+        now: u64,
+    ) -> BTreeMap<String, DeliveryStatus> {
+        // The destinations follow the manifest on a timer; catch up with the manifest that
+        // routed this event first.
+        crate::sync_destinations(&self.plugins, &self.destinations);
+        decision
+            .destinations()
+            .filter(|name| self.destinations.is_declared(name))
+            .map(|name| {
+                let id = delivery::webhook_id(event_id, name);
+                (name.to_string(), DeliveryStatus::owed(id, now))
+            })
+            .collect()
+    }
+
+    /// Puts a routed event's deliveries in the deliveries lane. `false` (logged) when the queue
+    /// refused one: the caller leaves the entry pending, so that its redelivery sends them.
+    async fn send_deliveries(&self, d: &Delivery, decision: &Decision, owed: &[String]) -> bool {
+        let job = &d.job;
+        let body = delivery::body(
+            &job.event_id,
+            &job.event_type,
+            &job.correlation_id,
+            &job.payload,
+            decision,
+        );
+        for destination in owed {
+            let delivery = Job {
+                payload: body.clone(),
+                attempt: 1,
+                replays: 0,
+                deferred: None,
+                delivery: Some(DeliveryTarget {
+                    destination: destination.clone(),
+                    webhook_id: delivery::webhook_id(&job.event_id, destination),
+                }),
+                ..job.clone()
+            };
+            if let Err(e) = self.deliveries.enqueue(&delivery, None).await {
+                tracing::warn!(error = %e, destination = %destination,
+                    "cannot queue the delivery; it is in the outbox and goes when the event is redelivered");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// For an event routed already: if this very ingest routed it (the gateway stopped between
+    /// recording the outcome and queueing its deliveries, or the answer to that write was lost
+    /// and the entry came back under a new queue id), queues the deliveries the outbox still
+    /// owes and finishes the entry. `false` for any other duplicate; an error when the record
+    /// cannot be read (then nobody knows yet).
+    async fn resend_owed(&self, d: &Delivery) -> Result<bool, switchyard_stores::state::Error> {
+        let Some(record) = self.state.get(&d.job.event_id).await? else {
+            return Ok(false);
+        };
+        let Some(decision) = record.decision.as_ref() else {
+            return Ok(false);
+        };
+        // Records routed before the token existed name the queue entry.
+        let by = record.routed_by.as_deref();
+        if by != Some(d.job.ingest_token().as_str()) && by != Some(d.id.as_str()) {
+            return Ok(false);
+        }
+        let owed: Vec<String> = record
+            .deliveries
+            .iter()
+            .filter(|(_, s)| s.state == DeliveryState::Pending && s.attempts == 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !owed.is_empty() {
+            if !self.send_deliveries(d, decision, &owed).await {
+                return Ok(true);
+            }
+            tracing::info!(
+                deliveries = owed.len(),
+                "routed before the gateway stopped: its owed deliveries are queued now"
+            );
+        }
+        self.finish_queue(self.queue.ack(d).await);
+        Ok(true)
     }
 
     pub(super) fn finish_queue(&self, r: Result<(), switchyard_stores::queue::Error>) {

@@ -62,7 +62,10 @@ impl Plugins {
             }
         };
         let _guard = self.inner.load_lock.lock().await;
-        self.update(|r| r.manifest = manifest.clone());
+        self.update(|r| {
+            r.manifest = manifest.clone();
+            r.manifest_generation += 1;
+        });
         tracing::info!(path = %path.display(), "plugin manifest loaded");
     }
 
@@ -310,6 +313,7 @@ impl Plugins {
                 loaded_at_ms: now_ms(),
                 size_bytes: bytes.len() as u64,
                 path: path.to_path_buf(),
+                contract: prepared.contract().to_string(),
             },
             prepared,
             bytes: bytes.into(),

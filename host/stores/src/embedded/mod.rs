@@ -28,6 +28,31 @@ pub(crate) const DELAYED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::
 pub(crate) const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("dlq");
 /// Receive time of queued, unfinished events: event id → ms.
 pub(crate) const ACCEPTED: TableDefinition<&str, u64> = TableDefinition::new("accepted");
+/// The queue tables of one lane.
+#[derive(Clone, Copy)]
+pub(crate) struct LaneTables {
+    pub(crate) jobs: TableDefinition<'static, u64, &'static [u8]>,
+    pub(crate) delayed: TableDefinition<'static, (u64, u64), &'static [u8]>,
+    pub(crate) dlq: TableDefinition<'static, u64, &'static [u8]>,
+    pub(crate) accepted: TableDefinition<'static, &'static str, u64>,
+}
+
+/// The events lane's tables (named as before lanes existed).
+pub(crate) const EVENT_TABLES: LaneTables = LaneTables {
+    jobs: JOBS,
+    delayed: DELAYED,
+    dlq: DLQ,
+    accepted: ACCEPTED,
+};
+
+/// The deliveries lane's tables.
+pub(crate) const DELIVERY_TABLES: LaneTables = LaneTables {
+    jobs: TableDefinition::new("delivery_jobs"),
+    delayed: TableDefinition::new("delivery_delayed"),
+    dlq: TableDefinition::new("delivery_dlq"),
+    accepted: TableDefinition::new("delivery_accepted"),
+};
+
 /// Event records: event id → record JSON.
 pub(crate) const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
 /// Counters (records per state).
@@ -127,14 +152,16 @@ impl EmbeddedDb {
             Err(e) => anyhow::bail!("cannot open {}: {e}", path.display()),
         };
         let txn = db.begin_write()?;
-        txn.open_table(JOBS)?;
-        txn.open_table(DELAYED)?;
-        txn.open_table(DLQ)?;
-        txn.open_table(ACCEPTED)?;
         txn.open_table(EVENTS)?;
         txn.open_table(COUNTERS)?;
         txn.open_table(CONTEXT)?;
         txn.open_table(MESSAGE_IDS)?;
+        for lane in [EVENT_TABLES, DELIVERY_TABLES] {
+            txn.open_table(lane.jobs)?;
+            txn.open_table(lane.delayed)?;
+            txn.open_table(lane.dlq)?;
+            txn.open_table(lane.accepted)?;
+        }
         txn.open_table(MESSAGE_EXPIRY)?;
         txn.open_table(EVENTS_BY_RECEIPT)?;
         txn.commit()?;

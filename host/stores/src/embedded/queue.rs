@@ -19,8 +19,10 @@ use tokio::sync::Notify;
 use switchyard_model::clock::now_ms;
 use switchyard_model::event::Job;
 
-use super::{ACCEPTED, DELAYED, DLQ, EmbeddedDb, JOBS, MESSAGE_EXPIRY, MESSAGE_IDS};
-use crate::queue::{DeadLetter, Delivery, Error, Queue, QueueStats, ReplayFilter, ReplayGuard};
+use super::{DELIVERY_TABLES, EVENT_TABLES, EmbeddedDb, LaneTables, MESSAGE_EXPIRY, MESSAGE_IDS};
+use crate::queue::{
+    DeadLetter, Delivery, Error, Lane, Queue, QueueStats, ReplayFilter, ReplayGuard,
+};
 
 type E = super::Error;
 
@@ -76,10 +78,15 @@ fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, E> {
 }
 
 /// Removes a finished queue entry and, when given, its event's "accepted" marker.
-fn finish_entry(txn: &redb::WriteTransaction, seq: u64, event_id: Option<&str>) -> Result<(), E> {
-    txn.open_table(JOBS)?.remove(seq)?;
+fn finish_entry(
+    txn: &redb::WriteTransaction,
+    t: &LaneTables,
+    seq: u64,
+    event_id: Option<&str>,
+) -> Result<(), E> {
+    txn.open_table(t.jobs)?.remove(seq)?;
     if let Some(id) = event_id {
-        txn.open_table(ACCEPTED)?.remove(id)?;
+        txn.open_table(t.accepted)?.remove(id)?;
     }
     Ok(())
 }
@@ -134,6 +141,8 @@ pub struct EmbeddedQueue {
     dead: Arc<AtomicU64>,
     /// Where the next reclaim pass starts (a sequence number; 0 after a full sweep).
     reclaim_from: AtomicU64,
+    /// This lane's tables.
+    tables: LaneTables,
     max_depth: u64,
     dlq_max_depth: u64,
 }
@@ -149,10 +158,19 @@ impl std::fmt::Debug for EmbeddedQueue {
 impl EmbeddedQueue {
     /// Loads the queue from the store: every entry in `jobs` is ready. `max_depth` and
     /// `dlq_max_depth` bound ready + delayed entries and dead letters (0 = no bound).
-    pub fn open(db: EmbeddedDb, max_depth: u64, dlq_max_depth: u64) -> Result<Self, Error> {
+    pub fn open(
+        db: EmbeddedDb,
+        lane: Lane,
+        max_depth: u64,
+        dlq_max_depth: u64,
+    ) -> Result<Self, Error> {
+        let t = match lane {
+            Lane::Events => EVENT_TABLES,
+            Lane::Deliveries => DELIVERY_TABLES,
+        };
         let (ready, delayed, dead, max_seq) = db
             .read(|txn| {
-                let jobs = txn.open_table(JOBS)?;
+                let jobs = txn.open_table(t.jobs)?;
                 let mut ready = VecDeque::new();
                 for row in jobs.iter()? {
                     let (k, v) = row?;
@@ -161,8 +179,8 @@ impl EmbeddedQueue {
                         Err(err) => tracing::error!(seq = k.value(), error = %err, "undecodable queue entry skipped"),
                     }
                 }
-                let delayed_t = txn.open_table(DELAYED)?;
-                let dlq = txn.open_table(DLQ)?;
+                let delayed_t = txn.open_table(t.delayed)?;
+                let dlq = txn.open_table(t.dlq)?;
                 let last_job = jobs.last()?.map(|(k, _)| k.value()).unwrap_or(0);
                 let last_dlq = dlq.last()?.map(|(k, _)| k.value()).unwrap_or(0);
                 let mut last_delayed = 0;
@@ -197,6 +215,7 @@ impl EmbeddedQueue {
             delayed: AtomicU64::new(delayed),
             dead: Arc::new(AtomicU64::new(dead)),
             reclaim_from: AtomicU64::new(0),
+            tables: t,
             max_depth,
             dlq_max_depth,
         })
@@ -233,6 +252,7 @@ impl EmbeddedQueue {
 #[async_trait]
 impl Queue for EmbeddedQueue {
     async fn enqueue(&self, job: &Job, guard: Option<&ReplayGuard>) -> Result<(), Error> {
+        let t = self.tables;
         if self.max_depth > 0 {
             let depth = {
                 let mem = self.mem();
@@ -266,8 +286,8 @@ impl Queue for EmbeddedQueue {
                     {
                         return Ok(false);
                     }
-                    txn.open_table(JOBS)?.insert(seq, bytes.as_slice())?;
-                    txn.open_table(ACCEPTED)?
+                    txn.open_table(t.jobs)?.insert(seq, bytes.as_slice())?;
+                    txn.open_table(t.accepted)?
                         .insert(event_id.as_str(), received)?;
                     Ok(true)
                 },
@@ -347,11 +367,12 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn update(&self, delivery: &Delivery, job: &Job) -> Result<(), Error> {
+        let t = self.tables;
         let seq = seq_of(&delivery.id)?;
         let bytes = json(job).map_err(storage)?;
         self.db
             .write(move |txn| {
-                let mut jobs = txn.open_table(JOBS)?;
+                let mut jobs = txn.open_table(t.jobs)?;
                 // Only while the entry is queued: a finished one stays finished.
                 if jobs.get(seq)?.is_some() {
                     jobs.insert(seq, bytes.as_slice())?;
@@ -367,10 +388,11 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {
+        let t = self.tables;
         let seq = seq_of(&delivery.id)?;
         let event_id = delivery.job.event_id.clone();
         self.db
-            .write(move |txn| finish_entry(txn, seq, Some(&event_id)))
+            .write(move |txn| finish_entry(txn, &t, seq, Some(&event_id)))
             .await
             .map_err(storage)?;
         self.done(delivery);
@@ -383,13 +405,14 @@ impl Queue for EmbeddedQueue {
         next: &Job,
         due_at_ms: u64,
     ) -> Result<(), Error> {
+        let t = self.tables;
         let seq = seq_of(&delivery.id)?;
         let new_seq = self.next_seq();
         let bytes = json(next).map_err(storage)?;
         self.db
             .write(move |txn| {
-                finish_entry(txn, seq, None)?;
-                txn.open_table(DELAYED)?
+                finish_entry(txn, &t, seq, None)?;
+                txn.open_table(t.delayed)?
                     .insert((due_at_ms, new_seq), bytes.as_slice())?;
                 Ok(())
             })
@@ -406,6 +429,7 @@ impl Queue for EmbeddedQueue {
         error_kind: &str,
         error: &str,
     ) -> Result<(), Error> {
+        let t = self.tables;
         let seq = seq_of(&delivery.id)?;
         let new_seq = self.next_seq();
         let letter = Letter {
@@ -420,8 +444,8 @@ impl Queue for EmbeddedQueue {
         self.db
             .write_then(
                 move |txn| {
-                    finish_entry(txn, seq, Some(&event_id))?;
-                    txn.open_table(DLQ)?.insert(new_seq, bytes.as_slice())?;
+                    finish_entry(txn, &t, seq, Some(&event_id))?;
+                    txn.open_table(t.dlq)?.insert(new_seq, bytes.as_slice())?;
                     Ok(())
                 },
                 // Counted with the commit, on the writer thread, as replays uncount.
@@ -436,6 +460,7 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn promote_due(&self, now_ms: u64, max: usize) -> Result<usize, Error> {
+        let t = self.tables;
         if self.delayed.load(Ordering::Relaxed) == 0 {
             return Ok(0);
         }
@@ -444,8 +469,8 @@ impl Queue for EmbeddedQueue {
             .db
             .write_then(
                 move |txn| {
-                    let mut delayed = txn.open_table(DELAYED)?;
-                    let mut jobs = txn.open_table(JOBS)?;
+                    let mut delayed = txn.open_table(t.delayed)?;
+                    let mut jobs = txn.open_table(t.jobs)?;
                     let mut due = Vec::new();
                     for row in delayed.range(..(now_ms + 1, 0))? {
                         if due.len() >= max {
@@ -479,13 +504,14 @@ impl Queue for EmbeddedQueue {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, Error> {
+        let t = self.tables;
         let start = match after {
             Some(a) => Bound::Excluded(cursor_of(a)?),
             None => Bound::Unbounded,
         };
         self.db
             .read(|txn| {
-                let dlq = txn.open_table(DLQ)?;
+                let dlq = txn.open_table(t.dlq)?;
                 let mut out = Vec::new();
                 for row in dlq.range::<u64>((start, Bound::Unbounded))?.take(limit) {
                     let (k, v) = row?;
@@ -505,15 +531,16 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn replay(&self, filter: &ReplayFilter) -> Result<Vec<String>, Error> {
+        let t = self.tables;
         let filter = filter.clone();
         let (seq, ready, dead) = (self.seq.clone(), self.ready.clone(), self.dead.clone());
         let (ids, _moved) = self
             .db
             .write_then(
                 move |txn| {
-                    let mut dlq = txn.open_table(DLQ)?;
-                    let mut jobs = txn.open_table(JOBS)?;
-                    let mut accepted = txn.open_table(ACCEPTED)?;
+                    let mut dlq = txn.open_table(t.dlq)?;
+                    let mut jobs = txn.open_table(t.jobs)?;
+                    let mut accepted = txn.open_table(t.accepted)?;
                     let mut matching = Vec::new();
                     for row in dlq.iter()? {
                         let (k, v) = row?;
@@ -549,8 +576,14 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn accepted_at(&self, event_id: &str) -> Result<Option<u64>, Error> {
+        let t = self.tables;
         self.db
-            .read(|txn| Ok(txn.open_table(ACCEPTED)?.get(event_id)?.map(|v| v.value())))
+            .read(|txn| {
+                Ok(txn
+                    .open_table(t.accepted)?
+                    .get(event_id)?
+                    .map(|v| v.value()))
+            })
             .map_err(storage)
     }
 

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use switchyard_model::clock::now_ms;
 use switchyard_model::event::Job;
-use switchyard_model::record::{EventRecord, EventState, ScanFilter, StateCounts, StoredEvent};
+use switchyard_model::record::{
+    DeliveryState, DeliveryStatus, EventRecord, EventState, ScanFilter, StateCounts, StoredEvent,
+};
 
 use super::{CONTEXT, COUNTERS, EVENTS, EVENTS_BY_RECEIPT, EmbeddedDb};
 use crate::state::{Claim, Error, Finish, StateStore};
@@ -198,6 +200,8 @@ impl StateStore for EmbeddedState {
                         error: None,
                         duplicates: 0,
                         deferred: None,
+                        deliveries: Default::default(),
+                        routed_by: None,
                         received_at_ms: job.received_at_ms,
                         updated_at_ms: now,
                     };
@@ -270,11 +274,15 @@ impl StateStore for EmbeddedState {
                         decision,
                         plugin,
                         attempt,
+                        deliveries,
+                        routed_by,
                     } => {
                         r.state = EventState::Routed;
                         r.decision = Some(decision);
                         r.plugin = Some(plugin);
                         r.error = None;
+                        r.deliveries = deliveries;
+                        r.routed_by = Some(routed_by);
                         attempt
                     }
                     Finish::Retry { attempt } => {
@@ -369,6 +377,36 @@ impl StateStore for EmbeddedState {
         tokio::task::spawn_blocking(scan)
             .await
             .map_err(|e| Error::Unavailable(format!("scan panicked: {e}")))?
+            .map_err(storage)
+    }
+
+    async fn record_delivery(
+        &self,
+        event_id: &str,
+        destination: &str,
+        status: &DeliveryStatus,
+    ) -> Result<bool, Error> {
+        let (event_id, destination, status) = (
+            event_id.to_string(),
+            destination.to_string(),
+            status.clone(),
+        );
+        self.db
+            .write(move |txn| {
+                let Some(mut stored) = load(txn, &event_id)? else {
+                    return Ok(false);
+                };
+                let Some(slot) = stored.record.deliveries.get_mut(&destination) else {
+                    return Ok(false);
+                };
+                if slot.state == DeliveryState::Delivered {
+                    return Ok(false);
+                }
+                *slot = status;
+                save(txn, &stored)?;
+                Ok(true)
+            })
+            .await
             .map_err(storage)
     }
 
@@ -480,11 +518,7 @@ mod tests {
 
     fn routed() -> Finish {
         Finish::Routed {
-            decision: Decision {
-                destination: "d".into(),
-                reason: String::new(),
-                metadata: Default::default(),
-            },
+            decision: Decision::to("d", ""),
             plugin: PluginId {
                 name: "p".into(),
                 version: "v".into(),
@@ -500,6 +534,8 @@ mod tests {
                 destination: None,
                 next_attempt_at_ms: None,
             },
+            deliveries: Default::default(),
+            routed_by: "1-0".into(),
         }
     }
 
