@@ -69,13 +69,7 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/{*path}", axum::routing::post(receive))
             .with_state(shared.clone());
-        let stop = CancellationToken::new();
-        let until = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(until.cancelled_owned())
-                .await;
-        });
+        let stop = switchyard_tools::receive::serve(listener, app);
         Receiver { port, shared, stop }
     }
 

@@ -11,8 +11,8 @@ use http::{HeaderName, HeaderValue};
 /// Longest destination name.
 pub const MAX_NAME: usize = 64;
 
-/// One declared destination.
-#[derive(Clone)]
+/// One declared destination (equal when every setting, the secret included, is).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Destination {
     pub name: String,
     pub url: reqwest::Url,

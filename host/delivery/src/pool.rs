@@ -88,9 +88,6 @@ impl DeliveryStats {
     }
 }
 
-const FETCH_WAIT: Duration = Duration::from_millis(500);
-const FETCH_BATCH: usize = 256;
-const BACKEND_PAUSE: Duration = Duration::from_millis(500);
 /// How long a delivery waits in memory for a slot of its destination before it waits in the
 /// queue instead.
 const SLOT_WAIT: Duration = Duration::from_secs(1);
@@ -171,24 +168,14 @@ impl DeliveryPool {
     async fn fetch_loop(&self, stop: &CancellationToken) {
         let inner = &self.inner;
         while !stop.is_cancelled() {
-            let first = tokio::select! {
-                _ = stop.cancelled() => return,
-                p = inner.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            let max = (1 + inner.permits.available_permits()).min(FETCH_BATCH);
-            let fetched = inner
+            let Some((first, ds)) = inner
                 .consumer
-                .queue
-                .fetch(&inner.settings.consumer, max, FETCH_WAIT)
-                .await;
-            match fetched {
-                Ok(ds) => self.dispatch(ds, Some(first)).await,
-                Err(e) => {
-                    drop(first);
-                    tracing::warn!(error = %e, "cannot fetch deliveries; retrying");
-                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(BACKEND_PAUSE) => {} }
-                }
-            }
+                .fetch(stop, &inner.permits, || usize::MAX)
+                .await
+            else {
+                return;
+            };
+            self.dispatch(ds, first).await;
         }
     }
 
@@ -205,12 +192,8 @@ impl DeliveryPool {
             if !self.inner.consumer.start(&d.id) {
                 continue;
             }
-            let permit = match first.take() {
-                Some(p) => p,
-                None => match self.inner.permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
+            let Some(permit) = Consumer::permit(&mut first, &self.inner.permits).await else {
+                return;
             };
             let span = tracing::info_span!(
                 "delivery",

@@ -44,15 +44,6 @@ impl Outcome {
             Outcome::Transient { status, .. } | Outcome::Permanent { status, .. } => *status,
         }
     }
-
-    /// A short stable name, for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Outcome::Delivered { .. } => "delivered",
-            Outcome::Transient { .. } => "transient",
-            Outcome::Permanent { .. } => "permanent",
-        }
-    }
 }
 
 /// The HTTP client of one destination: its addresses checked by the guard, no redirects, no

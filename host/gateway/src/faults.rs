@@ -4,15 +4,20 @@
 //! `SWITCHYARD_LOSE_ANSWER=<point>` makes a write that was applied look failed to its caller,
 //! like a connection dropped after MongoDB applied an update.
 
+#[cfg(feature = "fault-injection")]
+use std::sync::OnceLock;
+
+/// True if the environment variable `var` (read once, into `cell`) names `point`.
+#[cfg(feature = "fault-injection")]
+fn names(cell: &'static OnceLock<Option<String>>, var: &str, point: &str) -> bool {
+    cell.get_or_init(|| std::env::var(var).ok()).as_deref() == Some(point)
+}
+
 /// Aborts the process here if `SWITCHYARD_CRASH_AT` names `point`.
 #[cfg(feature = "fault-injection")]
 pub fn crash_point(point: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT
-        .get_or_init(|| std::env::var("SWITCHYARD_CRASH_AT").ok())
-        .as_deref()
-        == Some(point)
-    {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    if names(&AT, "SWITCHYARD_CRASH_AT", point) {
         eprintln!("SWITCHYARD_CRASH_AT={point}: aborting");
         std::process::abort();
     }
@@ -27,10 +32,8 @@ pub fn crash_point(_point: &str) {}
 /// just made had failed.
 #[cfg(feature = "fault-injection")]
 pub fn answer_lost(point: &str) -> bool {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    AT.get_or_init(|| std::env::var("SWITCHYARD_LOSE_ANSWER").ok())
-        .as_deref()
-        == Some(point)
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    names(&AT, "SWITCHYARD_LOSE_ANSWER", point)
 }
 
 /// Without the `fault-injection` feature: never.

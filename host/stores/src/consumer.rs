@@ -1,7 +1,8 @@
-//! Consuming a queue lane: what every consumer runs beside its own fetch loop — due retries moved
-//! to ready (promote), deliveries that a dead consumer left taken over (reclaim), this consumer's
-//! long-held deliveries kept from being reclaimed (keep-alive) — and the set of deliveries it is
-//! working on, so that a reclaim never starts one twice.
+//! Consuming a queue lane: one turn of a pool's fetch loop (a permit, then a batch), what every
+//! consumer runs beside it — due retries moved to ready (promote), deliveries that a dead
+//! consumer left taken over (reclaim), this consumer's long-held deliveries kept from being
+//! reclaimed (keep-alive) — and the set of deliveries it is working on, so that a reclaim never
+//! starts one twice.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchyard_model::clock::now_ms;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{Delivery, Queue};
@@ -18,6 +20,12 @@ use crate::queue::{Delivery, Queue};
 const RECLAIM_BATCH: usize = 256;
 /// How often due retries are moved to ready.
 const PROMOTE_EVERY: Duration = Duration::from_millis(100);
+/// Deliveries a fetch takes at most.
+const FETCH_BATCH: usize = 256;
+/// How long a fetch waits for deliveries to arrive.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// The pause after a fetch failed.
+const BACKEND_PAUSE: Duration = Duration::from_millis(500);
 
 /// One consumer of one lane.
 pub struct Consumer {
@@ -67,6 +75,48 @@ impl Consumer {
     /// `id` is done with.
     pub fn done(&self, id: &str) {
         self.active().remove(id);
+    }
+
+    /// One turn of a pool's fetch loop: waits for a permit of `permits` (the first delivery's),
+    /// then fetches up to one more than the permits still free, at most `cap()` (asked once the
+    /// permit is held). `None` when `stop` fires or `permits` is closed. A failed fetch is logged
+    /// and paused on, and gives back the permit and no deliveries.
+    pub async fn fetch(
+        &self,
+        stop: &CancellationToken,
+        permits: &Arc<Semaphore>,
+        cap: impl Fn() -> usize,
+    ) -> Option<(Option<OwnedSemaphorePermit>, Vec<Delivery>)> {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return None,
+            p = permits.clone().acquire_owned() => p.ok()?,
+        };
+        let max = (1 + permits.available_permits())
+            .min(FETCH_BATCH)
+            .min(cap());
+        match self.queue.fetch(&self.name, max, FETCH_WAIT).await {
+            Ok(deliveries) => Some((Some(first), deliveries)),
+            Err(e) => {
+                drop(first);
+                tracing::warn!(error = %e, "cannot fetch deliveries from the queue; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => None,
+                    _ = tokio::time::sleep(BACKEND_PAUSE) => Some((None, Vec::new())),
+                }
+            }
+        }
+    }
+
+    /// The permit for the next delivery of a batch: the one [`Consumer::fetch`] took for the
+    /// first, then a new one from `permits`. `None` when `permits` is closed.
+    pub async fn permit(
+        first: &mut Option<OwnedSemaphorePermit>,
+        permits: &Arc<Semaphore>,
+    ) -> Option<OwnedSemaphorePermit> {
+        match first.take() {
+            Some(p) => Some(p),
+            None => permits.clone().acquire_owned().await.ok(),
+        }
     }
 
     /// Moves due retries to ready until `stop`.

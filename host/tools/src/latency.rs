@@ -24,3 +24,14 @@ impl Latency {
         }
     }
 }
+
+/// `p50 1.00  p90 2.00  p99 3.00  max 4.00`, as the reports print it.
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            self.p50, self.p90, self.p99, self.max
+        )
+    }
+}

@@ -186,6 +186,12 @@ pub(crate) async fn start(
     let app = axum::Router::new()
         .fallback(axum::routing::post(receive))
         .with_state(receipts.clone());
+    let stop = serve(listener, app);
+    Ok(Receiver { receipts, stop })
+}
+
+/// Serves `app` on `listener` in a task of its own until the returned token is cancelled.
+pub fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> CancellationToken {
     let stop = CancellationToken::new();
     let until = stop.clone();
     tokio::spawn(async move {
@@ -193,7 +199,7 @@ pub(crate) async fn start(
             .with_graceful_shutdown(until.cancelled_owned())
             .await;
     });
-    Ok(Receiver { receipts, stop })
+    stop
 }
 
 async fn receive(

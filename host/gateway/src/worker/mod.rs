@@ -167,9 +167,6 @@ impl Drop for Waiting<'_> {
     }
 }
 
-const FETCH_WAIT: Duration = Duration::from_millis(500);
-const FETCH_BATCH: usize = 256;
-const BACKEND_PAUSE: Duration = Duration::from_millis(500);
 /// How often a paused fetch loop looks again even without a wake-up.
 const PAUSE_RECHECK: Duration = Duration::from_millis(500);
 /// Tries of an ordering-key call failing on the host's side before the attempt counts as
@@ -268,27 +265,15 @@ impl Workers {
                     _ = tokio::time::sleep(PAUSE_RECHECK) => {}
                 }
             }
-            let first = tokio::select! {
-                _ = stop.cancelled() => return,
-                p = inner.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            let room = || {
+                let waiting = inner.stats.waiting.load(Ordering::Relaxed) as usize;
+                max_waiting.saturating_sub(waiting).max(1)
             };
-            let room =
-                max_waiting.saturating_sub(inner.stats.waiting.load(Ordering::Relaxed) as usize);
-            let max = (1 + inner.permits.available_permits())
-                .min(FETCH_BATCH)
-                .min(room.max(1));
-            match inner
-                .queue
-                .fetch(&inner.settings.consumer, max, FETCH_WAIT)
-                .await
-            {
-                Ok(deliveries) => self.dispatch(deliveries, Some(first)).await,
-                Err(e) => {
-                    drop(first);
-                    tracing::warn!(error = %e, "cannot fetch from the queue; retrying");
-                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(BACKEND_PAUSE) => {} }
-                }
-            }
+            let Some((first, deliveries)) = inner.consumer.fetch(stop, &inner.permits, room).await
+            else {
+                return;
+            };
+            self.dispatch(deliveries, first).await;
         }
     }
 
@@ -298,12 +283,8 @@ impl Workers {
                 tracing::debug!(id = %d.id, "reclaimed entry is still being routed here; not started twice");
                 continue;
             }
-            let permit = match first.take() {
-                Some(p) => p,
-                None => match self.inner.permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
+            let Some(permit) = Consumer::permit(&mut first, &self.inner.permits).await else {
+                return;
             };
             if let Some(limiter) = &self.inner.limiter {
                 limiter.until_ready().await;

@@ -5,12 +5,11 @@
 //! back to the queue, or — for a keyed event that holds its ordering key — is returned to the
 //! caller, which retries it in place (see [`super::Inner::deliver`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
 use switchyard_model::clock::now_ms;
-
 use switchyard_model::delivery;
 use switchyard_model::event::{DeliveryTarget, Job};
 use switchyard_model::record::{Attempt, Deferred, DeliveryState, DeliveryStatus};
@@ -103,13 +102,12 @@ impl Inner {
             },
             None => self.plugins.route(&job.route_request()).await,
         };
-        let verdict = self.verdict(d, outcome, started);
+        let verdict = self.verdict(job, outcome, started);
         self.settle(d, &owner, verdict, in_place).await
     }
 
     /// Judges an attempt's outcome: routed, retried, failed for good, or deferred.
-    fn verdict(&self, d: &Delivery, outcome: RouteOutcome, started: Instant) -> Verdict {
-        let job = &d.job;
+    fn verdict(&self, job: &Job, outcome: RouteOutcome, started: Instant) -> Verdict {
         let now = now_ms();
         let mut attempt = Attempt {
             attempt: job.attempt,
@@ -217,10 +215,7 @@ impl Inner {
                 ..
             } => (
                 decision.destination.clone(),
-                Some((
-                    decision.clone(),
-                    deliveries.keys().cloned().collect::<Vec<_>>(),
-                )),
+                Some((decision.clone(), deliveries.clone())),
             ),
             _ => (String::new(), None),
         };
@@ -345,9 +340,15 @@ impl Inner {
             .collect()
     }
 
-    /// Puts a routed event's deliveries in the deliveries lane. `false` (logged) when the queue
-    /// refused one: the caller leaves the entry pending, so that its redelivery sends them.
-    async fn send_deliveries(&self, d: &Delivery, decision: &Decision, owed: &[String]) -> bool {
+    /// Puts a routed event's deliveries `owed` (by destination, as the outbox holds them) in the
+    /// deliveries lane. `false` (logged) when the queue refused one: the caller leaves the entry
+    /// pending, so that its redelivery sends them.
+    async fn send_deliveries(
+        &self,
+        d: &Delivery,
+        decision: &Decision,
+        owed: &BTreeMap<String, DeliveryStatus>,
+    ) -> bool {
         let job = &d.job;
         let body = delivery::body(
             &job.event_id,
@@ -356,7 +357,7 @@ impl Inner {
             &job.payload,
             decision,
         );
-        for destination in owed {
+        for (destination, status) in owed {
             let delivery = Job {
                 payload: body.clone(),
                 attempt: 1,
@@ -364,7 +365,7 @@ impl Inner {
                 deferred: None,
                 delivery: Some(DeliveryTarget {
                     destination: destination.clone(),
-                    webhook_id: delivery::webhook_id(&job.event_id, destination),
+                    webhook_id: status.webhook_id.clone(),
                 }),
                 ..job.clone()
             };
@@ -394,11 +395,11 @@ impl Inner {
         if by != Some(d.job.ingest_token().as_str()) && by != Some(d.id.as_str()) {
             return Ok(false);
         }
-        let owed: Vec<String> = record
+        let owed: BTreeMap<String, DeliveryStatus> = record
             .deliveries
             .iter()
             .filter(|(_, s)| s.state == DeliveryState::Pending && s.attempts == 0)
-            .map(|(name, _)| name.clone())
+            .map(|(name, s)| (name.clone(), s.clone()))
             .collect();
         if !owed.is_empty() {
             if !self.send_deliveries(d, decision, &owed).await {
