@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-SCENARIOS="${SCENARIOS:-plugin hmac ingest drain embedded-ingest embedded-drain embedded-rss delivery delivery-redis}"
+SCENARIOS="${SCENARIOS:-plugin hmac ingest drain embedded-ingest embedded-drain embedded-rss delivery delivery-redis cluster}"
 bash scripts/setup.sh >/dev/null
 bash scripts/build-plugins.sh 2>/dev/null
 cargo build --release --locked -p switchyard
@@ -142,4 +142,51 @@ delivery|delivery-redis)
   echo "\$ switchyard load --requests 10000 --concurrency 50 --receive $rport   (RECEIVE_SECRET: the destination's key)"
   "$bin" load --url "$gw_url" --requests 10000 --concurrency 50 --receive "$rport" --wait-timeout 600
   kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true ;;
+cluster)
+  # One node vs a three-master cluster (one replica each), both AOF with fsync every second (the
+  # cluster script's setting), the same machine; ingest-only, then end to end.
+  node_port="$(free_port)"
+  redis-server --port "$node_port" --bind 127.0.0.1 --save '' --appendonly yes --dir "$work" \
+    --appendfilename node.aof >"$work/node.log" 2>&1 & pids+=($!)
+  cluster_url="$(APPENDONLY=yes bash scripts/redis-cluster.sh "$work/cluster" 3)"
+  while read -r _ p; do pids+=("$p"); done <"$work/cluster/nodes"
+  masters() { redis-cli -p "$1" cluster nodes | awk '$3 ~ /master/ {split($2, a, "[:@]"); print a[2]}'; }
+  redis_cpu() { # ports... -> CPU seconds (user + sys) of those redis-servers
+    for p in "$@"; do redis-cli -p "$p" info cpu | awk -F: '/used_cpu_(user|sys):/ {s += $2} END {print s}'; done |
+      awk '{s += $1} END {printf "%.2f", s}'
+  }
+  redis_cmds() { for p in "$@"; do redis-cli -p "$p" info stats | awk -F: '/total_commands_processed/ {print $2+0}'; done | awk '{s += $1} END {print s}'; }
+  first_cluster_port="$(head -1 "$work/cluster/nodes" | cut -d' ' -f1)"
+  for setup in node cluster cluster-replica-ack; do
+    acks=0
+    if [ "$setup" = node ]; then url="redis://127.0.0.1:$node_port"; parts=1; ports=("$node_port")
+    else url="$cluster_url"; parts=6; mapfile -t ports < <(masters "$first_cluster_port"); fi
+    [ "$setup" = cluster-replica-ack ] && acks=1
+    start_gateway "c-ingest-$setup" WORKERS=false REDIS_URL="$url" QUEUE_PARTITIONS="$parts" REDIS_MIN_REPLICAS_ACK="$acks"
+    cpu0="$(redis_cpu "${ports[@]}")"; cmd0="$(redis_cmds "${ports[@]}")"; t0="$(date +%s.%N)"
+    echo; echo "## ingest on a Redis $setup (QUEUE_PARTITIONS=$parts, REDIS_MIN_REPLICAS_ACK=$acks, AOF fsync every second), ingest-only gateway, concurrency 50"
+    echo "\$ switchyard load --requests 60000 --concurrency 50"
+    "$bin" load --url "$gw_url" --requests 60000 --concurrency 50
+    t1="$(date +%s.%N)"; cpu1="$(redis_cpu "${ports[@]}")"; cmd1="$(redis_cmds "${ports[@]}")"
+    python3 - "$t0" "$t1" "$cpu0" "$cpu1" "$cmd0" "$cmd1" "${#ports[@]}" <<'PY'
+import sys
+t0, t1, c0, c1, k0, k1, n = map(float, sys.argv[1:])
+secs, cpu, cmds = t1 - t0, c1 - c0, k1 - k0
+per_node = cmds / n / secs
+busy = cpu / n / secs
+print(f"redis masters: {int(n)}; commands {cmds/60000:.2f} per event; {per_node:,.0f} commands/s per master "
+      f"at {busy*100:.0f} % of a core each -> one master saturates near {per_node/busy:,.0f} commands/s "
+      f"(~{per_node/busy/(cmds/60000):,.0f} events/s per shard)")
+PY
+    kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+    [ "$setup" = cluster-replica-ack ] && continue
+    start_gateway "c-drain-$setup" REDIS_URL="$url" QUEUE_PARTITIONS="$parts"
+    echo; echo "## end to end on a Redis $setup (QUEUE_PARTITIONS=$parts) + SecantusDB: default plugin as shipped (2 s, 10 % transient), workers on"
+    echo "\$ switchyard load --requests 1000 --concurrency 50 --wait"
+    cmd0="$(redis_cmds "${ports[@]}")"; t0="$(date +%s.%N)"
+    "$bin" load --url "$gw_url" --requests 1000 --concurrency 50 --wait
+    t1="$(date +%s.%N)"; cmd1="$(redis_cmds "${ports[@]}")"
+    python3 -c "import sys; k=float(sys.argv[2])-float(sys.argv[1]); s=float(sys.argv[4])-float(sys.argv[3]); print(f'redis commands end to end: {k/1000:.1f} per event ({k:,.0f} over {s:.1f} s, idle polling of the run included)')" "$cmd0" "$cmd1" "$t0" "$t1"
+    kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+  done ;;
 esac; done

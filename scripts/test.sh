@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run). On a fresh machine it installs what is missing,
-# builds the plugins, checks formatting and lints, starts a real redis-server and a real
-# MongoDB-wire server (SecantusDB) on free loopback ports, runs every test against them, and
-# stops the servers. Any failure (including a server that cannot start) fails the run.
+# builds the plugins, checks formatting and lints, starts a real redis-server, a real Redis
+# Cluster (scripts/redis-cluster.sh: three masters, one replica each) and a real MongoDB-wire
+# server (SecantusDB) on free loopback ports, runs every test against them, and stops the servers. Any failure (including a server that cannot start) fails the run.
 #
 #   scripts/test.sh                 everything
 #   scripts/test.sh -- hot_swap     arguments after -- go to `cargo test` (e.g. a test name filter)
@@ -57,6 +57,9 @@ step "start servers"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
+  if [ -f "$work/cluster/nodes" ]; then
+    while read -r _ p; do pids+=("$p"); done <"$work/cluster/nodes"
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
@@ -80,12 +83,18 @@ mongo_port="$(free_port)"
 "$SECANTUSD" --host 127.0.0.1 --port "$mongo_port" --storage-path "$work/secantus" --log-level WARNING \
   >"$work/secantus.log" 2>&1 &
 pids+=($!)
+# A Redis Cluster (three masters, one replica each) for the partitioned-queue rows and tests.
+cluster_url="$(bash scripts/redis-cluster.sh "$work/cluster" 3)" || {
+  echo "error: the Redis Cluster did not start" >&2
+  exit 1
+}
 wait_port redis-server "$redis_port" 20
 wait_port secantusd "$mongo_port" 60
 export SWITCHYARD_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export SWITCHYARD_TEST_MONGO_URL="mongodb://127.0.0.1:$mongo_port"
+export SWITCHYARD_TEST_REDIS_CLUSTER_URL="$cluster_url"
 export SWITCHYARD_TEST_SECANTUSD="$SECANTUSD"
-echo "redis $SWITCHYARD_TEST_REDIS_URL, mongo $SWITCHYARD_TEST_MONGO_URL"
+echo "redis $SWITCHYARD_TEST_REDIS_URL, cluster $SWITCHYARD_TEST_REDIS_CLUSTER_URL, mongo $SWITCHYARD_TEST_MONGO_URL"
 
 step "test"
 args=()

@@ -12,6 +12,11 @@ pub fn redis_url() -> String {
     required_env("SWITCHYARD_TEST_REDIS_URL")
 }
 
+/// Seed URLs of the Redis Cluster (three masters, one replica each) started for this test run.
+pub fn redis_cluster_url() -> String {
+    required_env("SWITCHYARD_TEST_REDIS_CLUSTER_URL")
+}
+
 /// URL of the MongoDB-wire server (SecantusDB) started for this test run.
 pub fn mongo_url() -> String {
     required_env("SWITCHYARD_TEST_MONGO_URL")
@@ -187,5 +192,105 @@ impl MongoServer {
 impl Drop for MongoServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A private Redis Cluster (`scripts/redis-cluster.sh`: masters with one replica each, a 1 s
+/// node timeout) for a test that kills its nodes; every node is killed when dropped.
+pub struct RedisCluster {
+    pub dir: tempfile::TempDir,
+    /// Seed URLs (every node), comma-separated: what `REDIS_URL` takes.
+    pub url: String,
+    /// `(port, pid)` of every node.
+    pub nodes: Vec<(u16, u32)>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` masters and as many replicas; waits until all are in sync.
+    pub fn start(masters: usize) -> RedisCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new("bash")
+            .arg(crate::repo_root().join("scripts/redis-cluster.sh"))
+            .arg(dir.path())
+            .arg(masters.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run scripts/redis-cluster.sh");
+        let nodes = std::fs::read_to_string(dir.path().join("nodes"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (port, pid) = l.split_once(' ')?;
+                Some((port.parse().ok()?, pid.parse().ok()?))
+            })
+            .collect();
+        let cluster = RedisCluster {
+            url: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            dir,
+            nodes,
+        };
+        assert!(out.status.success(), "the Redis Cluster did not start");
+        cluster
+    }
+
+    /// The port of the master that serves `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let cli = |port: u16, args: &[&str]| {
+            let out = std::process::Command::new("redis-cli")
+                .arg("-p")
+                .arg(port.to_string())
+                .args(args)
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let alive = self
+            .nodes
+            .iter()
+            .find(|(port, _)| cli(*port, &["ping"]).trim() == "PONG")
+            .expect("a node that answers")
+            .0;
+        let slot: u16 = cli(alive, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("a slot");
+        // `CLUSTER NODES`: id addr flags master ping pong epoch state slot-ranges...
+        for line in cli(alive, &["cluster", "nodes"]).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+            });
+            if serves {
+                let port = f[1].split('@').next().and_then(|a| a.rsplit(':').next());
+                return port.and_then(|p| p.parse().ok()).expect("a port");
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// SIGKILL to the node on `port` (a crash: no failover handshake, no last sync).
+    pub fn kill9(&self, port: u16) {
+        let (_, pid) = self
+            .nodes
+            .iter()
+            .find(|(p, _)| *p == port)
+            .expect("a node of this cluster");
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, pid) in &self.nodes {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
     }
 }

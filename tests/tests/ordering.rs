@@ -23,7 +23,28 @@ fn routed_interval(record: &Value) -> (u64, u64) {
 async fn one_key_is_routed_in_order_through_retries_while_keys_run_in_parallel() {
     let dir = PluginDir::new(Some("default = \"keyed\"\n"));
     dir.install("keyed", "keyed");
-    let gw = Gateway::start(gateway_config(dir.path())).await;
+    keys_in_order(gateway_config(dir.path()), false).await;
+}
+
+/// The same on a Redis Cluster with the queue in eight partitions: the order survives
+/// partitioning for events that share a `partitionKey` (here the ordering key itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_partitioned_cluster_queue_events_sharing_a_partition_key_keep_their_order() {
+    let dir = PluginDir::new(Some("default = \"keyed\"\n"));
+    dir.install("keyed", "keyed");
+    let config = switchyard_gateway::Config {
+        redis_url: Some(redis_cluster_url()),
+        queue_partitions: 8,
+        ..gateway_config(dir.path())
+    };
+    keys_in_order(config, true).await;
+}
+
+/// Four keys × eight events (two per key failing once) and unkeyed events: each key routed one
+/// at a time in the order received, keys in parallel. With `partition_keys`, each event carries
+/// its ordering key as its `partitionKey`.
+async fn keys_in_order(config: switchyard_gateway::Config, partition_keys: bool) {
+    let gw = Gateway::start(config).await;
     let c = gw.client();
     let run = unique("ordered");
     let keys = ["k0", "k1", "k2", "k3"];
@@ -36,9 +57,11 @@ async fn one_key_is_routed_in_order_through_retries_while_keys_run_in_parallel()
             // through the retry.
             let payload =
                 json!({ "key": key, "seq": seq, "sleepMs": 40, "failOnce": seq == 2 || seq == 5 });
-            let a = c
-                .send(&json!({ "eventId": id, "type": "ORDER_UPDATED", "payload": payload }))
-                .await;
+            let mut event = json!({ "eventId": id, "type": "ORDER_UPDATED", "payload": payload });
+            if partition_keys {
+                event["partitionKey"] = json!(key);
+            }
+            let a = c.send(&event).await;
             assert_eq!(a.status, 202, "{}", a.body);
             ids.insert((key.to_string(), seq), id);
         }

@@ -137,8 +137,17 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `REDIS_TIMEOUT_MS`: limit of one Redis round trip; past it ingestion answers 503.
     pub redis_timeout_ms: u64,
+    /// `REDIS_CLUSTER`: `REDIS_URL` names a Redis Cluster (implied by several comma-separated
+    /// seed URLs).
+    pub redis_cluster: bool,
+    /// `REDIS_MIN_REPLICAS_ACK`: replicas that must hold an appended event before the producer
+    /// gets 202 (`WAIT`; 0 = the master's write is enough).
+    pub redis_min_replicas_ack: u32,
     /// `QUEUE_PREFIX`: Redis key prefix (hash tag), to share one Redis between deployments.
     pub queue_prefix: String,
+    /// `QUEUE_PARTITIONS`: streams the Redis queue is spread over (each its own hash tag, so
+    /// that a cluster spreads them over its shards).
+    pub queue_partitions: usize,
     /// `QUEUE_MAX_DEPTH`: ready + delayed events beyond which ingestion answers 503 (0 = off).
     pub queue_max_depth: u64,
     /// `DLQ_MAX_DEPTH`: dead letters beyond which ingestion answers 503 `dlq_full` (0 = off).
@@ -229,7 +238,10 @@ impl Default for Config {
             trusted_proxies: String::new(),
             redis_url: None,
             redis_timeout_ms: 2000,
+            redis_cluster: false,
+            redis_min_replicas_ack: 0,
             queue_prefix: "switchyard".into(),
+            queue_partitions: 1,
             queue_max_depth: 100_000,
             dlq_max_depth: 0,
             mongo_url: None,
@@ -289,7 +301,10 @@ const ENV_KEYS: &[&str] = &[
     "trusted_proxies",
     "redis_url",
     "redis_timeout_ms",
+    "redis_cluster",
+    "redis_min_replicas_ack",
     "queue_prefix",
+    "queue_partitions",
     "queue_max_depth",
     "dlq_max_depth",
     "mongo_url",
@@ -353,6 +368,21 @@ impl Config {
             "PLUGIN_MEMORY_MB must be between 1 and 4096"
         );
         self.backend()?;
+        anyhow::ensure!(
+            (1..=1024).contains(&self.queue_partitions),
+            "QUEUE_PARTITIONS must be between 1 and 1024"
+        );
+        // Partition k's hash tag is `{prefix.k}`: a prefix with a dot (or a brace) could be
+        // another deployment's partition.
+        anyhow::ensure!(
+            !self.queue_prefix.is_empty()
+                && self
+                    .queue_prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-:".contains(c)),
+            "QUEUE_PREFIX must be letters, digits, `_`, `-` or `:` (got {:?})",
+            self.queue_prefix
+        );
         anyhow::ensure!(
             self.max_retry_attempts >= 1,
             "MAX_RETRY_ATTEMPTS must be at least 1"
@@ -464,6 +494,9 @@ impl Config {
             max_depth: self.queue_max_depth,
             dlq_max_depth: self.dlq_max_depth,
             command_timeout: Duration::from_millis(self.redis_timeout_ms),
+            cluster: self.redis_cluster,
+            partitions: self.queue_partitions,
+            min_replicas_ack: self.redis_min_replicas_ack,
         });
         let mongo = self.mongo_url.clone().map(|url| MongoConfig {
             url,
@@ -623,6 +656,24 @@ mod tests {
                 .is_ok()
         );
         assert!(refusal(&with_secret("whsec_%%%")).contains("not valid base64"));
+    }
+
+    #[test]
+    fn a_prefix_cannot_name_another_deployment_s_partition() {
+        let ok = with_secret("a-long-enough-secret-1");
+        assert!(ok.validate().is_ok(), "the default prefix");
+        for bad in ["team.1", "a{b}", ""] {
+            let config = Config {
+                queue_prefix: bad.into(),
+                ..ok.clone()
+            };
+            assert!(refusal(&config).contains("QUEUE_PREFIX"), "{bad:?}");
+        }
+        let config = Config {
+            queue_partitions: 0,
+            ..ok.clone()
+        };
+        assert!(refusal(&config).contains("QUEUE_PARTITIONS"));
     }
 
     #[test]

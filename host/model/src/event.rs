@@ -30,6 +30,10 @@ pub struct Job {
     /// then the body to send, and `attempt` the delivery attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliveryTarget>,
+    /// The producer's `partitionKey`: on a partitioned queue, events that share it share a
+    /// partition (and so keep their order). Jobs queued before this field existed read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
 }
 
 /// The destination of a delivery job, and the Standard Webhooks message id it is sent with: the
@@ -114,6 +118,8 @@ pub struct IncomingEvent {
     pub event_type: String,
     /// The payload object re-serialised compactly.
     pub payload: String,
+    /// `partitionKey`, when given: events that share it keep their order on a partitioned queue.
+    pub partition_key: Option<String>,
 }
 
 /// Why a body is not an acceptable event.
@@ -140,8 +146,8 @@ pub fn is_printable_id(s: &str) -> bool {
 }
 
 impl IncomingEvent {
-    /// Parses and validates `{"eventId": string, "type": string, "payload": object}`. Other
-    /// top-level fields are ignored.
+    /// Parses and validates `{"eventId": string, "type": string, "payload": object}` with an
+    /// optional `"partitionKey": string`. Other top-level fields are ignored.
     pub fn parse(body: &[u8]) -> Result<Self, ShapeError> {
         let value: Value =
             serde_json::from_slice(body).map_err(|e| ShapeError::Json(e.to_string()))?;
@@ -162,10 +168,15 @@ impl IncomingEvent {
             Some(p @ Value::Object(_)) => p.to_string(),
             Some(_) => return Err(ShapeError::PayloadNotObject),
         };
+        let partition_key = match obj.get("partitionKey") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(text(&mut obj, "partitionKey")?),
+        };
         Ok(IncomingEvent {
             event_id,
             event_type,
             payload,
+            partition_key,
         })
     }
 }
@@ -183,6 +194,12 @@ mod tests {
         assert_eq!(e.event_id, "u-1");
         assert_eq!(e.event_type, "ORDER_CREATED");
         assert_eq!(e.payload, r#"{"orderId":"1"}"#);
+        assert_eq!(e.partition_key, None);
+        let keyed = IncomingEvent::parse(
+            br#"{"eventId":"u-2","type":"T","payload":{},"partitionKey":"order-12345"}"#,
+        )
+        .unwrap();
+        assert_eq!(keyed.partition_key.as_deref(), Some("order-12345"));
     }
 
     #[test]
@@ -217,6 +234,14 @@ mod tests {
             (
                 br#"{"eventId":"a","payload":{}}"#,
                 ShapeError::Missing("type"),
+            ),
+            (
+                br#"{"eventId":"a","type":"T","payload":{},"partitionKey":7}"#,
+                ShapeError::NotString("partitionKey"),
+            ),
+            (
+                br#"{"eventId":"a","type":"T","payload":{},"partitionKey":""}"#,
+                ShapeError::BadId("partitionKey"),
             ),
         ];
         for (body, expected) in cases {

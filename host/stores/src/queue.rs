@@ -99,8 +99,9 @@ impl ReplayFilter {
 /// has its own ready entries, retries and dead letters; deliveries are never refused for depth
 /// (they come from events already accepted), and their dead letters do not count against
 /// `DLQ_MAX_DEPTH`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Lane {
+    #[default]
     Events,
     Deliveries,
 }

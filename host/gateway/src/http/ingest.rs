@@ -129,6 +129,7 @@ async fn accept(
         received_at_ms: now_ms,
         attempt: 1,
         replays: 0,
+        partition_key: event.partition_key,
         ..Job::default()
     };
     // The deliveries already waiting for their destinations bound what is taken in: past

@@ -388,7 +388,7 @@ impl Inner {
             }
             d = Delivery {
                 id: d.id.clone(),
-                job,
+                job: *job,
             };
         }
         drop(turn);

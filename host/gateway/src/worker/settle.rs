@@ -28,7 +28,7 @@ pub(super) enum Next {
     Done,
     /// The event comes back for another try with `job` at `due_ms`; the caller keeps the queue
     /// entry (only returned when asked to retry in place).
-    Again { job: Job, due_ms: u64 },
+    Again { job: Box<Job>, due_ms: u64 },
 }
 
 /// How an attempt ended: what to record, and what to do with the queue entry then.
@@ -311,7 +311,10 @@ impl Inner {
     /// the queue.
     async fn later(&self, d: &Delivery, job: Job, due_ms: u64, in_place: bool) -> Next {
         if in_place {
-            return Next::Again { job, due_ms };
+            return Next::Again {
+                job: Box::new(job),
+                due_ms,
+            };
         }
         if let Err(e) = self.queue.retry_later(d, &job, due_ms).await {
             tracing::warn!(error = %e, "queue unavailable too; the delivery stays pending and will be reclaimed");

@@ -1,7 +1,9 @@
-//! The queue on Redis Streams.
+//! One partition of the queue: a Redis stream with its retries, dead letters and markers, all
+//! under one hash tag (so every script and transaction touches one slot). [`super::RedisQueue`]
+//! spreads the queue over one or more of them.
 //!
-//! Key layout (every key shares the hash tag `{<prefix>}`, so each script touches one slot and
-//! the layout works on Redis Cluster). The deliveries lane has the same keys under
+//! Key layout of partition `k` of prefix `p` (hash tag `{p}` for partition 0 — the layout of an
+//! unpartitioned queue — and `{p.k}` for the others). The deliveries lane has the same keys under
 //! `{p}:deliveries:` (`{p}:deliveries:ready`, …).
 //!
 //! | key                    | type       | holds                                                   |
@@ -17,12 +19,12 @@
 //! MULTI), moved to `delayed`, or dead-lettered; an entry left pending (its consumer died) is
 //! reclaimed with XAUTOCLAIM after the visibility timeout, while a consumer that still works on
 //! an entry keeps it with [`Queue::touch`] (XCLAIM … JUSTID resets its idle time). The replay
-//! check, the depth checks and the append happen in one script, so ingestion is one round trip.
+//! check, the depth checks and the append happen in one script, so ingestion is one round trip
+//! (two with `REDIS_MIN_REPLICAS_ACK`: the script and `WAIT`, pipelined).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
@@ -31,6 +33,7 @@ use redis::{AsyncCommands, Script, Value};
 use switchyard_model::clock::now_ms;
 use switchyard_model::event::Job;
 
+use super::conn::{Conn, Conns};
 use crate::queue::{
     DeadLetter, Delivery, Error, Lane, Queue, QueueStats, ReplayFilter, ReplayGuard,
 };
@@ -60,6 +63,15 @@ redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
 "#;
 
+/// The replay check of [`ENQUEUE`] alone, for a message id whose partition is not its event's.
+/// KEYS: message id. ARGV: body digest, message id TTL.
+const GUARD: &str = r#"
+local seen = redis.call('GET', KEYS[1])
+if seen and seen ~= ARGV[1] then return redis.error_reply('REPLAYED message id seen with another body') end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX')
+return 1
+"#;
+
 const PROMOTE: &str = r#"
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, job in ipairs(due) do
@@ -78,65 +90,69 @@ end
 return 0
 "#;
 
-/// Settings of the Redis queue.
-#[derive(Debug, Clone)]
-pub struct RedisQueueConfig {
-    pub url: String,
-    /// Key prefix (inside the hash tag).
-    pub prefix: String,
-    /// Which of the backend's two queues this is.
-    pub lane: Lane,
-    /// Refuse new events beyond this many ready + delayed (0 = no limit).
-    pub max_depth: u64,
-    /// Refuse new events while the dead-letter queue holds this many (0 = no limit).
-    pub dlq_max_depth: u64,
-    /// Limit of one command round trip; beyond it the queue counts as unavailable.
-    pub command_timeout: Duration,
-}
-
-/// The queue on Redis.
+/// One partition of the queue on Redis.
 #[derive(Clone)]
-pub struct RedisQueue {
-    cmd: ConnectionManager,
-    blocking: ConnectionManager,
-    keys: Keys,
+pub(super) struct Partition {
+    cmd: Conn,
+    blocking: Conn,
+    conns: Conns,
+    pub(super) keys: Keys,
     max_depth: u64,
     dlq_max_depth: u64,
+    /// Replicas that must confirm an append before it counts (0: the master's word is enough).
+    min_replicas_ack: u32,
+    /// How long to wait for them (`WAIT`'s timeout: half the command timeout, so that its
+    /// answer comes back before the command times out).
+    replica_ack_timeout: Duration,
     enqueue: Script,
+    guard: Script,
     promote: Script,
     replay_one: Script,
     /// Where the next XAUTOCLAIM pass starts (`0-0` after a full sweep).
     reclaim_cursor: std::sync::Arc<std::sync::Mutex<String>>,
-    /// What the start-up checks found (e.g. persistence off).
-    warnings: Vec<String>,
 }
 
-impl std::fmt::Debug for RedisQueue {
+impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisQueue")
-            .field("prefix", &self.keys.prefix)
+        f.debug_struct("Partition")
+            .field("base", &self.keys.base)
             .finish_non_exhaustive()
     }
 }
 
+/// The settings every partition of a queue shares.
 #[derive(Clone, Debug)]
-struct Keys {
-    prefix: String,
-    /// `{p}` for the events lane, `{p}:deliveries` for the deliveries lane (one hash tag).
-    base: String,
-    ready: String,
+pub(super) struct Settings {
+    /// Per partition.
+    pub max_depth: u64,
+    /// Per partition.
+    pub dlq_max_depth: u64,
+    pub min_replicas_ack: u32,
+    pub replica_ack_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Keys {
+    /// `{p}` (or `{p.k}`) for the events lane, the same `:deliveries` for the deliveries lane
+    /// (one hash tag).
+    pub(super) base: String,
+    pub(super) ready: String,
     delayed: String,
     dlq: String,
 }
 
 impl Keys {
-    fn new(prefix: &str, lane: Lane) -> Self {
+    /// The keys of partition `index` of `prefix`'s `lane`.
+    pub(super) fn new(prefix: &str, lane: Lane, index: usize) -> Self {
+        let tag = match index {
+            0 => format!("{{{prefix}}}"),
+            k => format!("{{{prefix}.{k}}}"),
+        };
         let base = match lane {
-            Lane::Events => format!("{{{prefix}}}"),
-            Lane::Deliveries => format!("{{{prefix}}}:deliveries"),
+            Lane::Events => tag,
+            Lane::Deliveries => format!("{tag}:deliveries"),
         };
         Keys {
-            prefix: prefix.to_string(),
             ready: format!("{base}:ready"),
             delayed: format!("{base}:delayed"),
             dlq: format!("{base}:dlq"),
@@ -155,7 +171,7 @@ impl Keys {
 }
 
 /// True for a stream entry id (`<ms>-<seq>`), the only cursor this queue hands out.
-fn is_stream_id(id: &str) -> bool {
+pub(super) fn is_stream_id(id: &str) -> bool {
     let number = |s: &str| {
         s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok()
     };
@@ -164,90 +180,152 @@ fn is_stream_id(id: &str) -> bool {
 }
 
 /// A stream entry id (`ms-seq`) as a comparable pair.
-fn stream_id(id: &str) -> (u64, u64) {
+pub(super) fn stream_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-fn unavailable(e: redis::RedisError) -> Error {
+/// Why a replicated write did not count.
+enum ReplicatedError {
+    Redis(redis::RedisError),
+    /// Written on the master, confirmed by fewer replicas than asked.
+    Unconfirmed {
+        acked: u32,
+    },
+}
+
+pub(super) fn unavailable(e: redis::RedisError) -> Error {
     Error::Unavailable(e.to_string())
 }
 
-impl RedisQueueConfig {
-    /// The same Redis and prefix, for the deliveries lane: no depth limits (deliveries come
-    /// from events already accepted and are never refused).
-    pub fn for_deliveries(self) -> Self {
-        RedisQueueConfig {
-            lane: Lane::Deliveries,
-            max_depth: 0,
-            dlq_max_depth: 0,
-            ..self
-        }
-    }
-}
-
-impl RedisQueue {
-    /// Connects (two connections: one for commands, one for blocking reads) and creates the
-    /// consumer group if needed.
-    pub async fn connect(config: RedisQueueConfig) -> Result<Self, Error> {
-        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
-        let base = ConnectionManagerConfig::new()
-            .set_connection_timeout(config.command_timeout)
-            .set_number_of_retries(2)
-            .set_max_delay(1000);
-        let cmd = ConnectionManager::new_with_config(
-            client.clone(),
-            base.clone().set_response_timeout(config.command_timeout),
-        )
-        .await
-        .map_err(unavailable)?;
-        let blocking = ConnectionManager::new_with_config(
-            client,
-            base.set_response_timeout(config.command_timeout + Duration::from_secs(5)),
-        )
-        .await
-        .map_err(unavailable)?;
-        let mut queue = RedisQueue {
-            cmd,
-            blocking,
-            keys: Keys::new(&config.prefix, config.lane),
-            max_depth: config.max_depth,
-            dlq_max_depth: config.dlq_max_depth,
+impl Partition {
+    /// Partition `keys` over the given connections (`blocking` serves reads that wait).
+    pub(super) fn new(conns: &Conns, keys: Keys, settings: &Settings) -> Self {
+        Partition {
+            cmd: conns.cmd.clone(),
+            blocking: conns.blocking.clone(),
+            conns: conns.clone(),
+            keys,
+            max_depth: settings.max_depth,
+            dlq_max_depth: settings.dlq_max_depth,
+            min_replicas_ack: settings.min_replicas_ack,
+            replica_ack_timeout: settings.replica_ack_timeout,
             enqueue: Script::new(ENQUEUE),
+            guard: Script::new(GUARD),
             promote: Script::new(PROMOTE),
             replay_one: Script::new(REPLAY_ONE),
             reclaim_cursor: Default::default(),
-            warnings: Vec::new(),
+        }
+    }
+
+    /// Up to `max` new entries for `consumer`; with `block`, waiting up to that long for the
+    /// first (on the blocking connection), without, answering at once.
+    pub(super) async fn read(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Delivery>, Error> {
+        let mut opts = StreamReadOptions::default()
+            .group(GROUP, consumer)
+            .count(max.max(1));
+        let mut c = match block {
+            // BLOCK 0 would wait for ever: a zero wait is a read that does not block.
+            Some(wait) if !wait.is_zero() => {
+                opts = opts.block(wait.as_millis().max(1) as usize);
+                self.blocking.clone()
+            }
+            _ => self.cmd.clone(),
         };
-        queue.ensure_group().await?;
-        queue.warnings = queue.persistence_warnings().await;
-        for w in &queue.warnings {
-            tracing::warn!(warning = %w, "Redis set-up");
-        }
-        Ok(queue)
+        let reply: redis::RedisResult<Option<StreamReadReply>> =
+            c.xread_options(&[&self.keys.ready], &[">"], &opts).await;
+        let reply = match reply {
+            Err(e) if e.code() == Some("NOGROUP") => {
+                tracing::error!(
+                    stream = %self.keys.ready,
+                    "the consumer group is gone: Redis lost its data (restarted without persistence, or flushed); events queued before that are lost. Recreating the group"
+                );
+                metrics::counter!("switchyard_queue_group_recreated_total").increment(1);
+                self.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            r => r.map_err(unavailable)?,
+        };
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .iter()
+                    .flat_map(|k| self.decode_all(&k.ids))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
-    /// Reads Redis's persistence settings: without AOF, a restart of Redis loses acknowledged
-    /// events.
-    async fn persistence_warnings(&self) -> Vec<String> {
+    /// Checks and records a signed message id (the replay check of an enqueue, alone).
+    pub(super) async fn guard_only(&self, guard: &ReplayGuard) -> Result<(), Error> {
         let mut c = self.cmd.clone();
-        let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("appendonly")
-            .query_async(&mut c)
+        let r: redis::RedisResult<i64> = self
+            .guard
+            .key(self.keys.message(&guard.message_id))
+            .arg(&guard.digest)
+            .arg(guard.ttl.as_secs().max(1))
+            .invoke_async(&mut c)
             .await;
-        match reply.as_deref() {
-            Ok([_, value]) if value == "yes" => Vec::new(),
-            Ok([_, _]) => vec![
-                "Redis persistence (appendonly) is off: a restart of Redis loses every queued event, acknowledged ones included; run it with --appendonly yes (and --appendfsync always for no loss at all)".to_string(),
-            ],
-            Ok(_) | Err(_) => vec![
-                "cannot read Redis's persistence settings (CONFIG GET appendonly): make sure appendonly is on, or a restart of Redis loses acknowledged events".to_string(),
-            ],
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("REPLAYED") => Err(Error::Replayed),
+            Err(e) => Err(unavailable(e)),
         }
     }
 
-    async fn ensure_group(&self) -> Result<(), Error> {
+    /// Runs the enqueue script; with `REDIS_MIN_REPLICAS_ACK`, pipelined with a `WAIT` on the
+    /// same node, so that it counts only once that many replicas hold it.
+    async fn with_replicas(&self, keys: &[String], args: &[String]) -> Result<(), ReplicatedError> {
+        let mut c = self.cmd.clone();
+        if self.min_replicas_ack == 0 {
+            let mut call = self.enqueue.prepare_invoke();
+            keys.iter().for_each(|k| {
+                call.key(k);
+            });
+            args.iter().for_each(|a| {
+                call.arg(a);
+            });
+            return call
+                .invoke_async::<Value>(&mut c)
+                .await
+                .map(drop)
+                .map_err(ReplicatedError::Redis);
+        }
+        // EVAL rather than EVALSHA: a pipeline cannot load a missing script half-way.
+        let mut c = self.conns.append();
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(ENQUEUE)
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args)
+            .ignore();
+        pipe.cmd("WAIT")
+            .arg(self.min_replicas_ack)
+            .arg(self.replica_ack_timeout.as_millis() as u64);
+        let (acked,): (u32,) = pipe
+            .query_async(&mut c)
+            .await
+            .map_err(ReplicatedError::Redis)?;
+        if acked < self.min_replicas_ack {
+            metrics::counter!("switchyard_queue_unreplicated_appends_total").increment(1);
+            return Err(ReplicatedError::Unconfirmed { acked });
+        }
+        Ok(())
+    }
+
+    /// The connection for commands that answer at once.
+    pub(super) fn cmd(&self) -> Conn {
+        self.cmd.clone()
+    }
+
+    /// Creates the stream and its consumer group if they do not exist.
+    pub(super) async fn ensure_group(&self) -> Result<(), Error> {
         let mut c = self.cmd.clone();
         let r: redis::RedisResult<()> =
             c.xgroup_create_mkstream(&self.keys.ready, GROUP, "0").await;
@@ -304,37 +382,48 @@ impl RedisQueue {
 }
 
 #[async_trait]
-impl Queue for RedisQueue {
+impl Queue for Partition {
     async fn enqueue(&self, job: &Job, guard: Option<&ReplayGuard>) -> Result<(), Error> {
         let json = serde_json::to_string(job).map_err(|e| Error::Unavailable(e.to_string()))?;
-        let mut c = self.cmd.clone();
-        let mut call = self.enqueue.prepare_invoke();
-        call.key(&self.keys.ready)
-            .key(&self.keys.delayed)
-            .key(self.keys.accepted(&job.event_id))
-            .key(&self.keys.dlq)
-            .arg(json)
-            .arg(self.max_depth)
-            .arg(job.received_at_ms)
-            .arg(ACCEPTED_TTL_SECS)
-            .arg(self.dlq_max_depth);
+        let mut keys = vec![
+            self.keys.ready.clone(),
+            self.keys.delayed.clone(),
+            self.keys.accepted(&job.event_id),
+            self.keys.dlq.clone(),
+        ];
+        let mut args = vec![
+            json,
+            self.max_depth.to_string(),
+            job.received_at_ms.to_string(),
+            ACCEPTED_TTL_SECS.to_string(),
+            self.dlq_max_depth.to_string(),
+        ];
         if let Some(g) = guard {
-            call.key(self.keys.message(&g.message_id))
-                .arg(&g.digest)
-                .arg(g.ttl.as_secs().max(1));
+            keys.push(self.keys.message(&g.message_id));
+            args.push(g.digest.clone());
+            args.push(g.ttl.as_secs().max(1).to_string());
         }
-        let r: redis::RedisResult<String> = call.invoke_async(&mut c).await;
+        let r = self.with_replicas(&keys, &args).await;
         let depth = |e: &redis::RedisError| {
             e.detail()
                 .and_then(|d| d.trim().parse().ok())
                 .unwrap_or_default()
         };
         match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("FULL") => Err(Error::Full(depth(&e))),
-            Err(e) if e.code() == Some("DLQFULL") => Err(Error::DlqFull(depth(&e))),
-            Err(e) if e.code() == Some("REPLAYED") => Err(Error::Replayed),
-            Err(e) => Err(unavailable(e)),
+            Ok(()) => Ok(()),
+            Err(ReplicatedError::Redis(e)) if e.code() == Some("FULL") => {
+                Err(Error::Full(depth(&e)))
+            }
+            Err(ReplicatedError::Redis(e)) if e.code() == Some("DLQFULL") => {
+                Err(Error::DlqFull(depth(&e)))
+            }
+            Err(ReplicatedError::Redis(e)) if e.code() == Some("REPLAYED") => Err(Error::Replayed),
+            Err(ReplicatedError::Redis(e)) => Err(unavailable(e)),
+            Err(ReplicatedError::Unconfirmed { acked }) => Err(Error::Unavailable(format!(
+                "the append reached {acked} of the {} replicas REDIS_MIN_REPLICAS_ACK asks for within {} ms; not acknowledged (it may still be routed: resend it, the event id keeps it once)",
+                self.min_replicas_ack,
+                self.replica_ack_timeout.as_millis()
+            ))),
         }
     }
 
@@ -344,33 +433,7 @@ impl Queue for RedisQueue {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, Error> {
-        let opts = StreamReadOptions::default()
-            .group(GROUP, consumer)
-            .count(max.max(1))
-            .block(wait.as_millis() as usize);
-        let mut c = self.blocking.clone();
-        let reply: redis::RedisResult<Option<StreamReadReply>> =
-            c.xread_options(&[&self.keys.ready], &[">"], &opts).await;
-        let reply = match reply {
-            Err(e) if e.code() == Some("NOGROUP") => {
-                tracing::error!(
-                    stream = %self.keys.ready,
-                    "the consumer group is gone: Redis lost its data (restarted without persistence, or flushed); events queued before that are lost. Recreating the group"
-                );
-                metrics::counter!("switchyard_queue_group_recreated_total").increment(1);
-                self.ensure_group().await?;
-                return Ok(Vec::new());
-            }
-            r => r.map_err(unavailable)?,
-        };
-        Ok(reply
-            .map(|r| {
-                r.keys
-                    .iter()
-                    .flat_map(|k| self.decode_all(&k.ids))
-                    .collect()
-            })
-            .unwrap_or_default())
+        self.read(consumer, max, Some(wait)).await
     }
 
     async fn reclaim(
@@ -637,10 +700,6 @@ impl Queue for RedisQueue {
             .await
             .map(|_| ())
             .map_err(unavailable)
-    }
-
-    fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
     }
 }
 
