@@ -443,3 +443,77 @@ async fn webhook_replays_are_refused_and_plain_hmac_can_be_switched_off_on_embed
     );
     gw.stop().await.unwrap();
 }
+
+/// `switchyard sign` prints headers the gateway accepts for the exact bytes given, under both
+/// schemes; the Standard Webhooks ones also pass the independent `standardwebhooks` check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchyard_sign_prints_headers_the_gateway_accepts() {
+    let dir = PluginDir::default_router(0, 0.0);
+    let data = tempfile::tempdir().unwrap();
+    let key = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let config = switchyard_gateway::Config {
+        hmac_secret: key.into(),
+        ..embedded_config(dir.path(), data.path())
+    };
+    let gw = Gateway::start(config).await;
+    let c = gw.client();
+    for (n, scheme) in ["webhook", "hmac"].into_iter().enumerate() {
+        // Not the compact form a JSON library would print: the signature is over these bytes.
+        let body = format!(
+            "{{ \"eventId\": \"signed-{n}\", \"type\": \"ORDER_CREATED\",\n  \"payload\": {{}} }}"
+        );
+        let file = data.path().join(format!("event-{n}.json"));
+        std::fs::write(&file, &body).unwrap();
+        let out = std::process::Command::new(switchyard_bin())
+            .args(["sign", "--scheme", scheme])
+            .arg(&file)
+            .env("HMAC_SECRET", key)
+            .output()
+            .expect("run switchyard sign");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        for line in text.lines() {
+            let (name, value) = line.split_once(": ").expect("Name: value");
+            headers.insert(
+                reqwest::header::HeaderName::try_from(name).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        if scheme == "webhook" {
+            assert_eq!(headers.len(), 3, "{text}");
+            standardwebhooks::Webhook::new(key)
+                .unwrap()
+                .verify(body.as_bytes(), &headers)
+                .expect("an independent implementation accepts the signature");
+        } else {
+            assert_eq!(headers.len(), 1, "{text}");
+        }
+        let r = c
+            .http
+            .post(format!("{}/events", c.base))
+            .header("content-type", "application/json")
+            .headers(headers.clone())
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{scheme}: {}", r.text().await.unwrap());
+        // One byte different: refused.
+        let r = c
+            .http
+            .post(format!("{}/events", c.base))
+            .header("content-type", "application/json")
+            .headers(headers)
+            .body(body.replace("signed", "signeD"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{scheme}");
+    }
+    gw.stop().await.unwrap();
+}

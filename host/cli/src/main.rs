@@ -1,5 +1,6 @@
 //! The `switchyard` command: `serve` (the default; the gateway), `plugin check` and `plugin run`
-//! (try a plugin), `load` (the load generator), `bench` (benchmarks).
+//! (try a plugin), `load` (the load generator), `bench` (benchmarks), `sign` (the signature
+//! headers for a body).
 //!
 //! # Layout
 //!
@@ -43,6 +44,29 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the headers that sign a body as the gateway checks them (`Name: value` lines), to
+    /// test a producer's signing: compare the values, or send with them
+    /// (`switchyard sign event.json > h.txt; curl -H @h.txt --data-binary @event.json …`).
+    Sign {
+        /// The body, byte for byte as it will be sent: a file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        body: PathBuf,
+        /// The signing secret (the gateway's HMAC_SECRET; the first of a comma-separated list).
+        #[arg(long, env = "HMAC_SECRET", hide_env_values = true)]
+        secret: String,
+        /// `webhook`: Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`);
+        /// `hmac`: `x-hmac-signature`.
+        #[arg(long, value_enum, default_value = "webhook")]
+        scheme: switchyard_tools::load::Scheme,
+        /// The message id (default: a new `msg_` id). A gateway refuses an id seen before with
+        /// another body.
+        #[arg(long)]
+        id: Option<String>,
+        /// The timestamp, seconds since the Unix epoch (default: now). The gateway accepts
+        /// SIGNATURE_TOLERANCE_SECS either side.
+        #[arg(long)]
+        timestamp: Option<u64>,
     },
 }
 
@@ -154,6 +178,31 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                     .delivered
                     .as_ref()
                     .is_none_or(|d| d.bad_signatures == 0))
+        }
+        Command::Sign {
+            body,
+            secret,
+            scheme,
+            id,
+            timestamp,
+        } => {
+            let bytes = if body.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                buf
+            } else {
+                std::fs::read(&body)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", body.display()))?
+            };
+            let secret = secret.split(',').next().unwrap_or_default();
+            let id = id.unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
+            let timestamp = timestamp.unwrap_or_else(|| switchyard_model::clock::now_ms() / 1000);
+            let headers = switchyard_tools::sign::headers(secret, scheme, &bytes, &id, timestamp)
+                .map_err(anyhow::Error::msg)?;
+            for (name, value) in headers {
+                println!("{name}: {value}");
+            }
+            Ok(true)
         }
         Command::Bench(BenchCommand::Hmac { size, iterations }) => {
             switchyard_tools::bench::hmac(size, iterations)?;

@@ -10,8 +10,10 @@
 //! | [`receive`] | the receiver `load --receive` runs: deliveries/s, ingest-to-receiver latency |
 //! | [`latency`] | latency summaries of the reports |
 //! | [`bench`] | the plugin host's call cost and reload time; signature verification cost |
+//! | [`sign`] | `switchyard sign`: the signature headers for a body |
 
 pub mod bench;
 pub mod latency;
 pub mod load;
 pub mod receive;
+pub mod sign;

@@ -131,6 +131,8 @@ struct Shared {
     done: AtomicU64,
     deadline: Instant,
     run_id: String,
+    /// The signing key of `--secret` (a `whsec_` key decoded, as the gateway does).
+    key: Vec<u8>,
     limiter: Option<governor::DefaultDirectRateLimiter>,
     receipts: Option<Arc<crate::receive::Receipts>>,
 }
@@ -173,14 +175,14 @@ async fn worker(shared: Arc<Shared>) -> TaskResult {
             .post(&endpoint)
             .header("content-type", "application/json");
         req = match o.scheme {
-            Scheme::Hmac => req.header("x-hmac-signature", sign_hex(o.secret.as_bytes(), &body)),
+            Scheme::Hmac => req.header("x-hmac-signature", sign_hex(&shared.key, &body)),
             Scheme::Webhook => {
                 let (id, ts) = (format!("msg_{}_{i}", shared.run_id), now().as_secs());
                 req.header("webhook-id", &id)
                     .header("webhook-timestamp", ts.to_string())
                     .header(
                         "webhook-signature",
-                        sign_webhook(o.secret.as_bytes(), &id, ts, &body),
+                        sign_webhook(&shared.key, &id, ts, &body),
                     )
             }
         };
@@ -263,6 +265,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
         done: AtomicU64::new(0),
         deadline: Instant::now() + Duration::from_secs(opts.duration),
         run_id,
+        key: switchyard_model::signing::key(&opts.secret).map_err(anyhow::Error::msg)?,
         receipts: receiver.as_ref().map(|r| r.receipts.clone()),
         limiter: std::num::NonZeroU32::new(opts.rate)
             .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),

@@ -95,13 +95,7 @@ impl Verifier {
             .map(|s| s.as_ref().trim())
             .filter(|s| !s.is_empty())
         {
-            match s.strip_prefix("whsec_") {
-                Some(b64) => keys.push(
-                    B64.decode(b64)
-                        .map_err(|_| "a whsec_ secret is not valid base64".to_string())?,
-                ),
-                None => keys.push(s.as_bytes().to_vec()),
-            }
+            keys.push(switchyard_model::signing::key(s)?);
         }
         if keys.is_empty() {
             return Err("at least one HMAC secret is required (HMAC_SECRET)".into());
