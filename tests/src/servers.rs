@@ -235,41 +235,8 @@ impl RedisCluster {
 
     /// The port of the master that serves `key`'s slot now.
     pub fn master_of(&self, key: &str) -> u16 {
-        let cli = |port: u16, args: &[&str]| {
-            let out = std::process::Command::new("redis-cli")
-                .arg("-p")
-                .arg(port.to_string())
-                .args(args)
-                .output()
-                .expect("redis-cli");
-            String::from_utf8_lossy(&out.stdout).to_string()
-        };
-        let alive = self
-            .nodes
-            .iter()
-            .find(|(port, _)| cli(*port, &["ping"]).trim() == "PONG")
-            .expect("a node that answers")
-            .0;
-        let slot: u16 = cli(alive, &["cluster", "keyslot", key])
-            .trim()
-            .parse()
-            .expect("a slot");
-        // `CLUSTER NODES`: id addr flags master ping pong epoch state slot-ranges...
-        for line in cli(alive, &["cluster", "nodes"]).lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
-                continue;
-            }
-            let serves = f[8..].iter().any(|r| {
-                let (a, b) = r.split_once('-').unwrap_or((r, r));
-                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
-            });
-            if serves {
-                let port = f[1].split('@').next().and_then(|a| a.rsplit(':').next());
-                return port.and_then(|p| p.parse().ok()).expect("a port");
-            }
-        }
-        panic!("no master serves slot {slot}");
+        let ports: Vec<u16> = self.nodes.iter().map(|(port, _)| *port).collect();
+        slot_and_master(&ports, key).1
     }
 
     /// SIGKILL to the node on `port` (a crash: no failover handshake, no last sync).
@@ -293,4 +260,42 @@ impl Drop for RedisCluster {
                 .status();
         }
     }
+}
+
+/// `key`'s slot and the port of the master serving it now, as the first of `ports` that
+/// answers sees the cluster (`CLUSTER KEYSLOT`, `CLUSTER NODES`).
+pub fn slot_and_master(ports: &[u16], key: &str) -> (u16, u16) {
+    let cli = |port: u16, args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let alive = *ports
+        .iter()
+        .find(|port| cli(**port, &["ping"]).trim() == "PONG")
+        .expect("a node that answers");
+    let slot: u16 = cli(alive, &["cluster", "keyslot", key])
+        .trim()
+        .parse()
+        .expect("a slot");
+    // `CLUSTER NODES`: id addr flags master ping pong epoch state slot-ranges...
+    for line in cli(alive, &["cluster", "nodes"]).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+            continue;
+        }
+        let serves = f[8..].iter().any(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+        });
+        if serves {
+            let port = f[1].split('@').next().and_then(|a| a.rsplit(':').next());
+            return (slot, port.and_then(|p| p.parse().ok()).expect("a port"));
+        }
+    }
+    panic!("no master serves slot {slot}");
 }

@@ -67,30 +67,6 @@ fn seed_ports() -> Vec<u16> {
         .collect()
 }
 
-/// The master serving `slot`, from `CLUSTER SLOTS` (`[start, end, [ip, port, id], …]`).
-async fn master_of_slot(slot: i64) -> u16 {
-    let mut c = node(seed_ports()[0]).await;
-    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    for range in ranges {
-        let redis::Value::Array(parts) = range else {
-            continue;
-        };
-        let start: i64 = redis::from_redis_value(&parts[0]).unwrap();
-        let end: i64 = redis::from_redis_value(&parts[1]).unwrap();
-        if (start..=end).contains(&slot) {
-            let redis::Value::Array(master) = &parts[2] else {
-                panic!("no master in {parts:?}")
-            };
-            return redis::from_redis_value::<i64>(&master[1]).unwrap() as u16;
-        }
-    }
-    panic!("no master serves slot {slot}")
-}
-
 #[tokio::test]
 async fn partitions_spread_over_the_shards_and_a_drain_takes_every_event_once() {
     let prefix = unique("spread");
@@ -100,18 +76,11 @@ async fn partitions_spread_over_the_shards_and_a_drain_takes_every_event_once() 
         q.enqueue(&job(id, None), None).await.unwrap();
     }
     // Placement: ask the master of each partition's slot how many keys that slot holds.
-    let mut c = node(seed_ports()[0]).await;
     let mut masters_used = BTreeSet::new();
     let mut events_seen = 0u64;
     for k in 0..q.partition_count() {
         let key = q.ready_key(k).unwrap().to_string();
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(&key)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let port = master_of_slot(slot).await;
+        let (slot, port) = slot_and_master(&seed_ports(), &key);
         let mut owner = node(port).await;
         let keys_in_slot: i64 = redis::cmd("CLUSTER")
             .arg("COUNTKEYSINSLOT")

@@ -4,7 +4,8 @@ use switchyard_tests::{
     DESTINATION_SECRET, Gateway, PluginDir, TEST_ADMIN_TOKEN, TEST_SECRET, embedded_config,
     free_port, gateway_config,
 };
-use switchyard_tools::load::{LoadOptions, Scheme};
+use switchyard_tools::load::LoadOptions;
+use switchyard_tools::sign::Scheme;
 
 fn options(url: &str) -> LoadOptions {
     LoadOptions {

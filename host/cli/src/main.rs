@@ -58,7 +58,7 @@ enum Command {
         /// `webhook`: Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`);
         /// `hmac`: `x-hmac-signature`.
         #[arg(long, value_enum, default_value = "webhook")]
-        scheme: switchyard_tools::load::Scheme,
+        scheme: switchyard_tools::sign::Scheme,
         /// The message id (default: a new `msg_` id). A gateway refuses an id seen before with
         /// another body.
         #[arg(long)]
@@ -197,8 +197,8 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             let secret = secret.split(',').next().unwrap_or_default();
             let id = id.unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
             let timestamp = timestamp.unwrap_or_else(|| switchyard_model::clock::now_ms() / 1000);
-            let headers = switchyard_tools::sign::headers(secret, scheme, &bytes, &id, timestamp)
-                .map_err(anyhow::Error::msg)?;
+            let key = switchyard_model::signing::key(secret).map_err(anyhow::Error::msg)?;
+            let headers = switchyard_tools::sign::headers(&key, scheme, &bytes, &id, timestamp);
             for (name, value) in headers {
                 println!("{name}: {value}");
             }

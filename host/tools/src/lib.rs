@@ -10,7 +10,7 @@
 //! | [`receive`] | the receiver `load --receive` runs: deliveries/s, ingest-to-receiver latency |
 //! | [`latency`] | latency summaries of the reports |
 //! | [`bench`] | the plugin host's call cost and reload time; signature verification cost |
-//! | [`sign`] | `switchyard sign`: the signature headers for a body |
+//! | [`sign`] | the signing schemes and the signature headers for a body (`switchyard sign`, `load`) |
 
 pub mod bench;
 pub mod latency;

@@ -9,23 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::sign::Scheme;
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use switchyard_model::signing::{sign_hex, sign_webhook};
-
 pub use crate::latency::Latency;
-
-/// How requests are signed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Scheme {
-    /// `x-hmac-signature: <hex>`
-    Hmac,
-    /// Standard Webhooks `webhook-*` headers.
-    Webhook,
-}
 
 /// Options of a load run.
 #[derive(Debug, Clone, clap::Args)]
@@ -174,18 +164,12 @@ async fn worker(shared: Arc<Shared>) -> TaskResult {
             .client
             .post(&endpoint)
             .header("content-type", "application/json");
-        req = match o.scheme {
-            Scheme::Hmac => req.header("x-hmac-signature", sign_hex(&shared.key, &body)),
-            Scheme::Webhook => {
-                let (id, ts) = (format!("msg_{}_{i}", shared.run_id), now().as_secs());
-                req.header("webhook-id", &id)
-                    .header("webhook-timestamp", ts.to_string())
-                    .header(
-                        "webhook-signature",
-                        sign_webhook(&shared.key, &id, ts, &body),
-                    )
-            }
-        };
+        let id = format!("msg_{}_{i}", shared.run_id);
+        for (name, value) in
+            crate::sign::headers(&shared.key, o.scheme, &body, &id, now().as_secs())
+        {
+            req = req.header(name, value);
+        }
         if let Some(r) = &shared.receipts {
             r.sending(n);
         }

@@ -188,20 +188,25 @@ impl RedisQueue {
             min_replicas_ack: config.min_replicas_ack,
             replica_ack_timeout: t / 2,
         };
-        let keys = |k| Keys::new(&config.prefix, config.lane, k);
-        let recorded: usize = {
-            let mut c = cmd.clone();
-            Script::new(RECORD_PARTITIONS)
-                .key(format!("{}:partitions", keys(0).base))
-                .arg(producing)
-                .invoke_async(&mut c)
-                .await
-                .map_err(unavailable)?
+        let mut queue = RedisQueue {
+            partitions: Default::default(),
+            conns,
+            settings,
+            prefix: config.prefix.clone(),
+            lane: config.lane,
+            producing,
+            rotation: Default::default(),
+            warnings: Vec::new(),
+            cluster: seeds.cluster,
         };
-        let partitions: Vec<Partition> = (0..recorded.max(producing))
-            .map(|k| Partition::new(&conns, keys(k), &settings))
-            .collect();
-        try_join_all(partitions.iter().map(Partition::ensure_group)).await?;
+        let recorded: usize = Script::new(RECORD_PARTITIONS)
+            .key(queue.count_key())
+            .arg(producing)
+            .invoke_async(&mut cmd.clone())
+            .await
+            .map_err(unavailable)?;
+        let partitions = queue.open(0..recorded.max(producing)).await?;
+        queue.partitions = Arc::new(RwLock::new(Arc::new(partitions)));
         let mut warnings = persistence_warnings(&cmd).await;
         if recorded > producing {
             warnings.push(format!(
@@ -211,17 +216,25 @@ impl RedisQueue {
         for w in &warnings {
             tracing::warn!(warning = %w, "Redis set-up");
         }
-        Ok(RedisQueue {
-            partitions: Arc::new(RwLock::new(Arc::new(partitions))),
-            conns,
-            settings,
-            prefix: config.prefix.clone(),
-            lane: config.lane,
-            producing,
-            rotation: Default::default(),
-            warnings,
-            cluster: seeds.cluster,
-        })
+        queue.warnings = warnings;
+        Ok(queue)
+    }
+
+    /// Where the partition count every gateway has used is recorded.
+    fn count_key(&self) -> String {
+        format!("{}:partitions", Keys::new(&self.prefix, self.lane, 0).base)
+    }
+
+    /// Partitions `range` of this queue, their streams and consumer groups created if needed.
+    async fn open(&self, range: std::ops::Range<usize>) -> Result<Vec<Partition>, Error> {
+        let opened: Vec<Partition> = range
+            .map(|k| {
+                let keys = Keys::new(&self.prefix, self.lane, k);
+                Partition::new(&self.conns, keys, &self.settings)
+            })
+            .collect();
+        try_join_all(opened.iter().map(Partition::ensure_group)).await?;
+        Ok(opened)
     }
 
     /// The partitions now (a snapshot: one may be added meanwhile).
@@ -236,28 +249,17 @@ impl RedisQueue {
     /// yet (another gateway started with more): nothing it queued there is left unconsumed.
     async fn follow_recorded_count(&self) -> Result<(), Error> {
         let now = self.partitions();
-        let mut c = now[0].cmd();
         let recorded: Option<usize> = redis::cmd("GET")
-            .arg(format!("{}:partitions", now[0].keys.base))
-            .query_async(&mut c)
+            .arg(self.count_key())
+            .query_async(&mut self.conns.cmd.clone())
             .await
             .map_err(unavailable)?;
         let recorded = recorded.unwrap_or(1);
         if recorded <= now.len() {
             return Ok(());
         }
-        let added: Vec<Partition> = (now.len()..recorded)
-            .map(|k| {
-                Partition::new(
-                    &self.conns,
-                    Keys::new(&self.prefix, self.lane, k),
-                    &self.settings,
-                )
-            })
-            .collect();
-        try_join_all(added.iter().map(Partition::ensure_group)).await?;
         let mut all: Vec<Partition> = now.iter().cloned().collect();
-        all.extend(added);
+        all.extend(self.open(now.len()..recorded).await?);
         tracing::warn!(
             partitions = recorded,
             "another gateway recorded more queue partitions: reading all {recorded}"
@@ -413,16 +415,14 @@ impl Queue for RedisQueue {
         let parts = self.partitions();
         let key = job.partition_key.as_deref().unwrap_or(&job.event_id);
         let k = self.partition_of(key);
-        match guard {
-            // A message id is checked where every request carrying it is checked: in the
-            // partition of the id itself (whatever event or key a replayed body names).
-            Some(g) if self.producing > 1 && self.partition_of(&g.message_id) != k => {
-                parts[self.partition_of(&g.message_id)]
-                    .guard_only(g)
-                    .await?;
+        // A message id is checked where every request carrying it is checked: in the partition
+        // of the id itself (whatever event or key a replayed body names).
+        match guard.map(|g| (g, self.partition_of(&g.message_id))) {
+            Some((g, at)) if at != k => {
+                parts[at].guard_only(g).await?;
                 parts[k].enqueue(job, None).await
             }
-            guard => parts[k].enqueue(job, guard).await,
+            _ => parts[k].enqueue(job, guard).await,
         }
     }
 
@@ -432,8 +432,8 @@ impl Queue for RedisQueue {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, Error> {
-        if self.partitions().len() == 1 {
-            return self.partitions()[0].fetch(consumer, max, wait).await;
+        if let [only] = self.partitions().as_slice() {
+            return only.fetch(consumer, max, wait).await;
         }
         let deadline = Instant::now() + wait;
         loop {
@@ -550,8 +550,9 @@ impl Queue for RedisQueue {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, Error> {
-        if self.partitions().len() == 1 {
-            return self.partitions()[0].dead_letters(after, limit).await;
+        let parts = self.partitions();
+        if let [only] = parts.as_slice() {
+            return only.dead_letters(after, limit).await;
         }
         // The order is (ms, seq, partition): after the cursor (k, id), partitions up to k
         // continue after id, later ones from id itself. (Ids are per-shard clocks: a dead
@@ -563,7 +564,6 @@ impl Queue for RedisQueue {
         {
             return Err(Error::InvalidCursor(id.to_string()));
         }
-        let parts = self.partitions();
         let pages = parts.iter().enumerate().map(|(j, p)| {
             let start = cursor.map(|(k, id)| match j <= k {
                 true => Some(id.to_string()),

@@ -33,7 +33,7 @@ use redis::{AsyncCommands, Script, Value};
 use switchyard_model::clock::now_ms;
 use switchyard_model::event::Job;
 
-use super::conn::{Conn, Conns};
+use super::conn::Conns;
 use crate::queue::{
     DeadLetter, Delivery, Error, Lane, Queue, QueueStats, ReplayFilter, ReplayGuard,
 };
@@ -93,8 +93,6 @@ return 0
 /// One partition of the queue on Redis.
 #[derive(Clone)]
 pub(super) struct Partition {
-    cmd: Conn,
-    blocking: Conn,
     conns: Conns,
     pub(super) keys: Keys,
     max_depth: u64,
@@ -202,8 +200,6 @@ impl Partition {
     /// Partition `keys` over the given connections (`blocking` serves reads that wait).
     pub(super) fn new(conns: &Conns, keys: Keys, settings: &Settings) -> Self {
         Partition {
-            cmd: conns.cmd.clone(),
-            blocking: conns.blocking.clone(),
             conns: conns.clone(),
             keys,
             max_depth: settings.max_depth,
@@ -233,9 +229,9 @@ impl Partition {
             // BLOCK 0 would wait for ever: a zero wait is a read that does not block.
             Some(wait) if !wait.is_zero() => {
                 opts = opts.block(wait.as_millis().max(1) as usize);
-                self.blocking.clone()
+                self.conns.blocking.clone()
             }
-            _ => self.cmd.clone(),
+            _ => self.conns.cmd.clone(),
         };
         let reply: redis::RedisResult<Option<StreamReadReply>> =
             c.xread_options(&[&self.keys.ready], &[">"], &opts).await;
@@ -263,7 +259,7 @@ impl Partition {
 
     /// Checks and records a signed message id (the replay check of an enqueue, alone).
     pub(super) async fn guard_only(&self, guard: &ReplayGuard) -> Result<(), Error> {
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         let r: redis::RedisResult<i64> = self
             .guard
             .key(self.keys.message(&guard.message_id))
@@ -281,7 +277,6 @@ impl Partition {
     /// Runs the enqueue script; with `REDIS_MIN_REPLICAS_ACK`, pipelined with a `WAIT` on the
     /// same node, so that it counts only once that many replicas hold it.
     async fn with_replicas(&self, keys: &[String], args: &[String]) -> Result<(), ReplicatedError> {
-        let mut c = self.cmd.clone();
         if self.min_replicas_ack == 0 {
             let mut call = self.enqueue.prepare_invoke();
             keys.iter().for_each(|k| {
@@ -291,7 +286,7 @@ impl Partition {
                 call.arg(a);
             });
             return call
-                .invoke_async::<Value>(&mut c)
+                .invoke_async::<Value>(&mut self.conns.cmd.clone())
                 .await
                 .map(drop)
                 .map_err(ReplicatedError::Redis);
@@ -319,14 +314,9 @@ impl Partition {
         Ok(())
     }
 
-    /// The connection for commands that answer at once.
-    pub(super) fn cmd(&self) -> Conn {
-        self.cmd.clone()
-    }
-
     /// Creates the stream and its consumer group if they do not exist.
     pub(super) async fn ensure_group(&self) -> Result<(), Error> {
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         let r: redis::RedisResult<()> =
             c.xgroup_create_mkstream(&self.keys.ready, GROUP, "0").await;
         match r {
@@ -376,7 +366,7 @@ impl Partition {
         pipe.xack(&self.keys.ready, GROUP, &[&delivery.id]).ignore();
         pipe.xdel(&self.keys.ready, &[&delivery.id]).ignore();
         pipe.del(self.keys.progress(&delivery.id)).ignore();
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)
     }
 }
@@ -442,7 +432,7 @@ impl Queue for Partition {
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<Delivery>, Error> {
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         let opts = StreamAutoClaimOptions::default().count(max.max(1));
         // Each pass goes on where the last one stopped, so a long pending list is swept once
         // per cycle rather than its head re-read every pass.
@@ -491,7 +481,7 @@ impl Queue for Partition {
 
     async fn update(&self, delivery: &Delivery, job: &Job) -> Result<(), Error> {
         let json = serde_json::to_string(job).map_err(|e| Error::Unavailable(e.to_string()))?;
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         c.set_ex::<_, _, ()>(self.keys.progress(&delivery.id), json, ACCEPTED_TTL_SECS)
             .await
             .map_err(unavailable)
@@ -499,7 +489,7 @@ impl Queue for Partition {
 
     async fn touch(&self, consumer: &str, ids: &[String]) -> Result<(), Error> {
         for chunk in ids.chunks(500) {
-            let mut c = self.cmd.clone();
+            let mut c = self.conns.cmd.clone();
             redis::cmd("XCLAIM")
                 .arg(&self.keys.ready)
                 .arg(GROUP)
@@ -567,7 +557,7 @@ impl Queue for Partition {
     }
 
     async fn promote_due(&self, now_ms: u64, max: usize) -> Result<usize, Error> {
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         self.promote
             .key(&self.keys.ready)
             .key(&self.keys.delayed)
@@ -589,7 +579,7 @@ impl Queue for Partition {
             return Err(Error::InvalidCursor(a.to_string()));
         }
         let start = after.map(|a| format!("({a}")).unwrap_or_else(|| "-".into());
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         let reply: redis::streams::StreamRangeReply = c
             .xrange_count(&self.keys.dlq, start, "+", limit)
             .await
@@ -616,7 +606,7 @@ impl Queue for Partition {
     async fn replay(&self, filter: &ReplayFilter) -> Result<Vec<String>, Error> {
         // Only what is in the DLQ now: entries that fail again during the replay are dead-lettered
         // with newer ids and must not be chased.
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         let newest: redis::streams::StreamRangeReply = c
             .xrevrange_count(&self.keys.dlq, "+", "-", 1)
             .await
@@ -635,7 +625,7 @@ impl Queue for Partition {
                 let job = letter.job.replayed();
                 let json =
                     serde_json::to_string(&job).map_err(|e| Error::Unavailable(e.to_string()))?;
-                let mut c = self.cmd.clone();
+                let mut c = self.conns.cmd.clone();
                 let moved: i64 = self
                     .replay_one
                     .key(&self.keys.dlq)
@@ -660,14 +650,14 @@ impl Queue for Partition {
     }
 
     async fn accepted_at(&self, event_id: &str) -> Result<Option<u64>, Error> {
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         c.get(self.keys.accepted(event_id))
             .await
             .map_err(unavailable)
     }
 
     async fn stats(&self) -> Result<QueueStats, Error> {
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         let (len, pending, delayed, dlq): (u64, Value, u64, u64) = redis::pipe()
             .xlen(&self.keys.ready)
             .cmd("XPENDING")
@@ -694,7 +684,7 @@ impl Queue for Partition {
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        let mut c = self.cmd.clone();
+        let mut c = self.conns.cmd.clone();
         redis::cmd("PING")
             .query_async::<String>(&mut c)
             .await
