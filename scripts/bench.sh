@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-SCENARIOS="${SCENARIOS:-plugin hmac ingest drain embedded-ingest embedded-drain embedded-rss delivery delivery-redis cluster}"
+SCENARIOS="${SCENARIOS:-plugin hmac ingest drain embedded-ingest embedded-drain embedded-rss delivery delivery-redis cluster tracing}"
 bash scripts/setup.sh >/dev/null
 bash scripts/build-plugins.sh 2>/dev/null
 cargo build --release --locked -p switchyard
@@ -188,5 +188,51 @@ PY
     t1="$(date +%s.%N)"; cmd1="$(redis_cmds "${ports[@]}")"
     python3 -c "import sys; k=float(sys.argv[2])-float(sys.argv[1]); s=float(sys.argv[4])-float(sys.argv[3]); print(f'redis commands end to end: {k/1000:.1f} per event ({k:,.0f} over {s:.1f} s, idle polling of the run included)')" "$cmd0" "$cmd1" "$t0" "$t1"
     kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+  done ;;
+tracing)
+  # An OTLP/HTTP sink on loopback (answers 200, counts exports and bytes; GET /count reports).
+  sport="$(free_port)"
+  python3 - "$sport" >"$work/otlp-sink.log" 2>&1 <<'PY' &
+import http.server, json, sys, threading
+seen = {"exports": 0, "bytes": 0}
+lock = threading.Lock()
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with lock:
+            seen["exports"] += 1
+            seen["bytes"] += len(body)
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def do_GET(self):
+        with lock:
+            out = json.dumps(seen).encode()
+        self.send_response(200); self.send_header("content-length", str(len(out))); self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+PY
+  pids+=($!)
+  wait_http "http://127.0.0.1:$sport/count"
+  # Off, on (every trace kept) and on (one in ten) alternate, twice, so that drift of the machine
+  # shows as spread, not as overhead. Requests carry no traceparent: the sampler decides.
+  for workers in false true; do
+    for round in 1 2; do
+      for mode in off 1 0.1; do
+        extra=(WORKERS="$workers")
+        what="tracing off"
+        if [ "$mode" != off ]; then
+          extra+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sport" OTEL_TRACES_SAMPLER_ARG="$mode")
+          what="tracing on, OTEL_TRACES_SAMPLER_ARG=$mode"
+        fi
+        start_gateway "trace-$workers-${mode//./}-$round" "${extra[@]}"
+        before="$(curl -s "http://127.0.0.1:$sport/count")"
+        echo; echo "## ingest, $what, WORKERS=$workers, Redis (AOF fsync always), concurrency 50, round $round"
+        echo "\$ switchyard load --requests 40000 --concurrency 50"
+        "$bin" load --url "$gw_url" --requests 40000 --concurrency 50
+        kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+        echo "OTLP sink before/after (the gateway flushes its spans as it stops): $before -> $(curl -s "http://127.0.0.1:$sport/count")"
+      done
+    done
   done ;;
 esac; done

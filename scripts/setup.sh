@@ -4,10 +4,14 @@
 #   - redis-server (Debian package)
 #   - SecantusDB, a MongoDB-wire server, in its own Python venv
 #   - docker-compose (only to validate docker-compose.yml)
+#   - Schemathesis and openapi-spec-validator (the API checks), pinned by
+#     tests/api/requirements.txt, in a venv of their own
 set -euo pipefail
 
 TOOLS_DIR="${SWITCHYARD_TOOLS_DIR:-$HOME/.cache/switchyard}"
 VENV="$TOOLS_DIR/secantus-venv"
+API_VENV="$TOOLS_DIR/api-venv"
+API_REQUIREMENTS="$(cd "$(dirname "$0")/.." && pwd)/tests/api/requirements.txt"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -39,5 +43,15 @@ if [ ! -x "$VENV/bin/secantusd-py" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check secantusdb
 fi
 
+# Reinstalled whenever the pinned requirements change.
+if ! cmp -s "$API_REQUIREMENTS" "$API_VENV/requirements.txt"; then
+  log "installing Schemathesis and openapi-spec-validator into $API_VENV"
+  mkdir -p "$TOOLS_DIR"
+  python3 -m venv "$API_VENV"
+  "$API_VENV/bin/pip" install -q --disable-pip-version-check -r "$API_REQUIREMENTS"
+  cp "$API_REQUIREMENTS" "$API_VENV/requirements.txt"
+fi
+
 log "redis-server: $(command -v redis-server)"
 log "secantusd-py: $VENV/bin/secantusd-py"
+log "schemathesis: $API_VENV/bin/schemathesis"

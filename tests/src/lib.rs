@@ -13,10 +13,12 @@
 //! | [`gateway`] | test configurations; [`Gateway`] in this process; [`GatewayProcess`], the binary |
 //! | [`client`] | [`Client`]: signed ingestion, admin calls, waiting for events; metrics |
 //! | [`receiver`] | [`Receiver`]: a webhook receiver that verifies signatures independently |
+//! | [`collector`] | [`Collector`]: an OTLP/HTTP endpoint that keeps the spans exported to it |
 //! | [`assertions`] | checks shared by the tests |
 
 pub mod assertions;
 pub mod client;
+pub mod collector;
 pub mod gateway;
 pub mod plugins;
 pub mod receiver;
@@ -24,6 +26,7 @@ pub mod servers;
 
 pub use assertions::*;
 pub use client::*;
+pub use collector::*;
 pub use gateway::*;
 pub use plugins::*;
 pub use receiver::*;

@@ -37,6 +37,8 @@ pub struct Received {
     pub body: serde_json::Value,
     /// The signature verified with the destination's key (by `standardwebhooks`).
     pub verified: bool,
+    /// The W3C `traceparent` header ("" without one).
+    pub traceparent: String,
     pub at: Instant,
 }
 
@@ -180,6 +182,7 @@ async fn receive(
         correlation_id: header("x-correlation-id"),
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         verified,
+        traceparent: header("traceparent"),
         at: Instant::now(),
     });
     let seen = {

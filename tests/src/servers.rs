@@ -1,5 +1,5 @@
-//! The servers `scripts/test.sh` started (Redis, SecantusDB), and private ones for tests that
-//! stop or restart theirs.
+//! The servers `scripts/test.sh` started (Redis, SecantusDB), private ones for tests that stop or
+//! restart theirs, and where the API checkers are installed.
 
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -20,6 +20,11 @@ pub fn redis_cluster_url() -> String {
 /// URL of the MongoDB-wire server (SecantusDB) started for this test run.
 pub fn mongo_url() -> String {
     required_env("SWITCHYARD_TEST_MONGO_URL")
+}
+
+/// The venv holding Schemathesis and openapi-spec-validator (`scripts/setup.sh` installs it).
+pub fn api_venv() -> std::path::PathBuf {
+    required_env("SWITCHYARD_TEST_API_VENV").into()
 }
 
 /// A free loopback port (bound then released).

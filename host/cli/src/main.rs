@@ -1,6 +1,6 @@
 //! The `switchyard` command: `serve` (the default; the gateway), `plugin check` and `plugin run`
 //! (try a plugin), `load` (the load generator), `bench` (benchmarks), `sign` (the signature
-//! headers for a body).
+//! headers for a body), `openapi` (the API's description).
 //!
 //! # Layout
 //!
@@ -45,6 +45,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the API's OpenAPI 3.1 description (what `GET /openapi.json` serves).
+    Openapi,
     /// Print the headers that sign a body as the gateway checks them (`Name: value` lines), to
     /// test a producer's signing: compare the values, or send with them
     /// (`switchyard sign event.json > h.txt; curl -H @h.txt --data-binary @event.json …`).
@@ -137,7 +139,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
     match command {
         Command::Serve => {
             let config = switchyard_gateway::Config::load()?;
-            let _logs = switchyard_gateway::logs::init(config.log_format.as_deref());
+            let otlp = switchyard_gateway::telemetry::Otlp::from_config(&config);
+            let _logs =
+                switchyard_gateway::logs::init(config.log_format.as_deref(), otlp.as_ref())?;
             let listener =
                 tokio::net::TcpListener::bind((config.listen_host.as_str(), config.port)).await?;
             let shutdown = CancellationToken::new();
@@ -146,7 +150,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Plugin(PluginCommand::Check { file }) => {
-            let _logs = switchyard_gateway::logs::init(Some("pretty"));
+            let _logs = switchyard_gateway::logs::init(Some("pretty"), None)?;
             plugin_cmd::check(&file).await?;
             Ok(true)
         }
@@ -156,7 +160,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             context,
             config,
         }) => {
-            let _logs = switchyard_gateway::logs::init(Some("pretty"));
+            let _logs = switchyard_gateway::logs::init(Some("pretty"), None)?;
             plugin_cmd::run(&file, &event, &context, &config).await
         }
         Command::Load { options, json } => {
@@ -178,6 +182,10 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                     .delivered
                     .as_ref()
                     .is_none_or(|d| d.bad_signatures == 0))
+        }
+        Command::Openapi => {
+            print!("{}", switchyard_gateway::http::openapi::spec_json());
+            Ok(true)
         }
         Command::Sign {
             body,

@@ -48,10 +48,11 @@ pub struct Breaker {
 }
 
 /// A circuit as operators see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerSnapshot {
     /// `closed`, `open` or `half_open`.
+    #[schema(value_type = String, pattern = "^(closed|open|half_open)$")]
     pub state: &'static str,
     pub consecutive_failures: u32,
     /// Milliseconds until it lets a probe through (open only).

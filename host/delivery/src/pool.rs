@@ -19,6 +19,7 @@ use switchyard_model::clock::now_ms;
 use switchyard_model::event::{DeliveryTarget, Job};
 use switchyard_model::record::{DeliveryState, DeliveryStatus};
 use switchyard_model::retry::{RetryPolicy, spread};
+use switchyard_model::trace;
 use switchyard_stores::consumer::Consumer;
 use switchyard_stores::queue::{Delivery, Queue};
 use switchyard_stores::state::StateStore;
@@ -63,7 +64,7 @@ pub struct DeliveryStats {
 }
 
 /// A snapshot of [`DeliveryStats`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliverySnapshot {
     pub in_progress: u64,
@@ -201,7 +202,11 @@ impl DeliveryPool {
                 correlation_id = %d.job.correlation_id,
                 destination = d.job.delivery.as_ref().map(|t| t.destination.as_str()).unwrap_or("-"),
                 attempt = d.job.attempt,
+                trace_id = tracing::field::Empty,
+                otel.kind = "client",
             );
+            trace::continue_job(&span, d.job.trace.as_ref(), "deliveries");
+            trace::record_trace_id(&span);
             let inner = self.inner.clone();
             inner.stats.in_progress.fetch_add(1, Ordering::Relaxed);
             self.inner.tracker.spawn(
@@ -274,6 +279,7 @@ impl Inner {
                 webhook_id: &target.webhook_id,
                 correlation_id: &d.job.correlation_id,
                 body: &d.job.payload,
+                trace: trace::headers(&tracing::Span::current()),
             };
             send::send(&dest.client, &dest.config, &request).await
         };
@@ -363,6 +369,8 @@ impl Inner {
                 let next = Job {
                     attempt: job.attempt + 1,
                     deferred: None,
+                    // The retry's wait is a `queue` span under this attempt.
+                    trace: trace::carry(&tracing::Span::current(), now_ms()).or(job.trace.clone()),
                     ..job.clone()
                 };
                 self.record(

@@ -92,7 +92,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// A destination as `GET /destinations` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationStatus {
     pub name: String,

@@ -65,6 +65,8 @@ pub struct Request<'a> {
     pub webhook_id: &'a str,
     pub correlation_id: &'a str,
     pub body: &'a str,
+    /// W3C trace headers (`traceparent`, …) of the delivery's span; empty without tracing.
+    pub trace: std::collections::HashMap<String, String>,
 }
 
 /// Sends one attempt and judges the answer.
@@ -85,6 +87,9 @@ pub async fn send(client: &reqwest::Client, d: &Destination, r: &Request<'_>) ->
         .header("webhook-signature", signature)
         .header("x-correlation-id", r.correlation_id);
     for (k, v) in &d.headers {
+        request = request.header(k, v);
+    }
+    for (k, v) in &r.trace {
         request = request.header(k, v);
     }
     match request.body(r.body.to_string()).send().await {

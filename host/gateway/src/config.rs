@@ -112,6 +112,17 @@ pub struct Config {
     pub rollback_count_route_errors: bool,
     /// `LOG_FORMAT`: `json` or `pretty` (default: pretty on a terminal, json otherwise).
     pub log_format: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: an OpenTelemetry collector's OTLP/HTTP base URL (e.g.
+    /// `http://localhost:4318`; traces go to `/v1/traces`). Tracing is off without it (or with
+    /// it empty).
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` (default) or `http/json`.
+    pub otel_exporter_otlp_protocol: String,
+    /// `OTEL_SERVICE_NAME`: the `service.name` of the gateway's spans.
+    pub otel_service_name: String,
+    /// `OTEL_TRACES_SAMPLER_ARG`: the fraction of new traces recorded (0 to 1); a request that
+    /// carries a `traceparent` follows its sampled flag.
+    pub otel_traces_sampler_arg: f64,
     /// `HMAC_SECRET`: the producers' signing secret; several, comma-separated, during rotation.
     /// A `whsec_` prefix marks a base64 key (Standard Webhooks).
     pub hmac_secret: String,
@@ -227,6 +238,10 @@ impl Default for Config {
             rollback_max_failure_rate: 0.5,
             rollback_count_route_errors: false,
             log_format: None,
+            otel_exporter_otlp_endpoint: None,
+            otel_exporter_otlp_protocol: "http/protobuf".into(),
+            otel_service_name: "switchyard".into(),
+            otel_traces_sampler_arg: 1.0,
             hmac_secret: String::new(),
             signature_tolerance_secs: 300,
             require_timestamped_signatures: false,
@@ -290,6 +305,10 @@ const ENV_KEYS: &[&str] = &[
     "rollback_max_failure_rate",
     "rollback_count_route_errors",
     "log_format",
+    "otel_exporter_otlp_endpoint",
+    "otel_exporter_otlp_protocol",
+    "otel_service_name",
+    "otel_traces_sampler_arg",
     "hmac_secret",
     "signature_tolerance_secs",
     "require_timestamped_signatures",
@@ -334,6 +353,13 @@ const ENV_KEYS: &[&str] = &[
 ];
 
 impl Config {
+    /// The OTLP endpoint, if traces are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` set, not empty).
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        self.otel_exporter_otlp_endpoint
+            .as_deref()
+            .filter(|e| !e.trim().is_empty())
+    }
+
     /// Defaults → `SWITCHYARD_CONFIG` file (if set) → environment; then validated.
     pub fn load() -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -416,6 +442,22 @@ impl Config {
             (0.0..=1.0).contains(&self.shadow_sample_rate),
             "SHADOW_SAMPLE_RATE must be between 0 and 1"
         );
+        anyhow::ensure!(
+            ["http/protobuf", "http/json"].contains(&self.otel_exporter_otlp_protocol.as_str()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL must be `http/protobuf` or `http/json` (gRPC is not built in)"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.otel_traces_sampler_arg),
+            "OTEL_TRACES_SAMPLER_ARG must be between 0 and 1"
+        );
+        if let Some(endpoint) = self.otlp_endpoint() {
+            let ok = url::Url::parse(endpoint)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            anyhow::ensure!(
+                ok,
+                "OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL, e.g. http://localhost:4318"
+            );
+        }
         if let Some(f) = &self.log_format {
             anyhow::ensure!(
                 f == "json" || f == "pretty",
@@ -641,6 +683,29 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn tracing_settings_are_checked_and_an_empty_endpoint_is_off() {
+        let base = with_secret("a-long-enough-secret-1");
+        let with = |f: &dyn Fn(&mut Config)| {
+            let mut c = base.clone();
+            f(&mut c);
+            c
+        };
+        let empty = with(&|c| c.otel_exporter_otlp_endpoint = Some(" ".into()));
+        assert!(empty.validate().is_ok() && empty.otlp_endpoint().is_none());
+        let on = with(&|c| c.otel_exporter_otlp_endpoint = Some("http://collector:4318".into()));
+        assert!(on.validate().is_ok());
+        assert_eq!(on.otlp_endpoint(), Some("http://collector:4318"));
+        let e = refusal(&with(&|c| {
+            c.otel_exporter_otlp_endpoint = Some("collector:4318".into())
+        }));
+        assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+        let e = refusal(&with(&|c| c.otel_exporter_otlp_protocol = "grpc".into()));
+        assert!(e.contains("gRPC is not built in"), "{e}");
+        let e = refusal(&with(&|c| c.otel_traces_sampler_arg = 1.5));
+        assert!(e.contains("OTEL_TRACES_SAMPLER_ARG"), "{e}");
     }
 
     #[test]

@@ -10,12 +10,13 @@
 //! | module | holds |
 //! |---|---|
 //! | [`config`] | every setting: defaults, file, environment; validation; the backend choice |
-//! | [`http`] | the router and handlers: ingestion, event status, admin, rollout; auth, bodies, errors, signatures, client addresses |
+//! | [`http`] | the router and handlers: ingestion, event status, admin, rollout; auth, bodies, errors, signatures, client addresses; the OpenAPI description |
 //! | [`worker`] | the worker pool; `worker/settle`: one delivery's claim → route → settle |
 //! | [`ordering`] | per-key ordering of deliveries |
 //! | [`live_state`] | the state store as the plugins' read-only `context` |
 //! | [`metrics`] | the Prometheus recorder and the gateway's series |
-//! | [`logs`] | the log subscriber (JSON or compact) |
+//! | [`logs`] | the log subscriber (JSON or compact), with the span exporter when traces are on |
+//! | [`telemetry`] | OpenTelemetry: the OTLP span exporter, the spans of an event |
 //! | `faults` | crash points for fault-injection tests (the `fault-injection` feature) |
 //! | `bundled` | the plugins built into the binary, installed into an empty plugins directory |
 
@@ -27,6 +28,7 @@ pub mod live_state;
 pub mod logs;
 pub mod metrics;
 pub mod ordering;
+pub mod telemetry;
 pub mod worker;
 
 use std::net::SocketAddr;

@@ -1,23 +1,43 @@
-//! Logging set-up: JSON lines for machines, a readable format on a terminal.
+//! Logging set-up: JSON lines for machines, a readable format on a terminal; and, when traces
+//! are exported (`telemetry`), the layer that turns spans into OpenTelemetry spans.
 //!
 //! Lines are formatted where they are logged and written to stderr by a thread of their own,
 //! buffered, and flushed whenever no line is waiting: a busy gateway writes its lines in a few
 //! large writes instead of one system call per line, and a slow stderr never stalls a request.
 //! Nothing is dropped (a full buffer makes the logging caller wait). Keep the returned guard
-//! alive: dropping it flushes what is left.
+//! alive: dropping it flushes what is left (lines and spans).
 
 use std::io::IsTerminal;
 
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// Flushes the log lines still buffered when dropped.
+use crate::telemetry::{self, Otlp};
+
+/// Flushes the log lines and spans still buffered when dropped.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[allow(dead_code)] WorkerGuard);
+pub struct LogGuard {
+    _lines: WorkerGuard,
+    spans: Option<SdkTracerProvider>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.spans.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: spans not exported at shutdown: {e}");
+        }
+    }
+}
 
 /// Installs the global subscriber. Level from `RUST_LOG` (default `info`); `format` is `json` or
-/// `pretty`, or chosen by whether stderr is a terminal.
-pub fn init(format: Option<&str>) -> LogGuard {
+/// `pretty`, or chosen by whether stderr is a terminal. With `otlp`, spans are exported too
+/// (call it on the gateway's runtime then).
+pub fn init(format: Option<&str>, otlp: Option<&Otlp>) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         Some(f) => f == "json",
@@ -27,21 +47,42 @@ pub fn init(format: Option<&str>) -> LogGuard {
         .lossy(false)
         .thread_name("switchyard-logs")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let (spans, otel) = match otlp {
+        Some(otlp) => {
+            let (provider, tracer) = telemetry::start(otlp)?;
+            // Spans carry their own attributes and the log lines inside them (as span events);
+            // the source location, thread and busy/idle times of every span would double the
+            // bytes exported per event for little use.
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false);
+            (Some(provider), Some(layer))
+        }
+        None => (None, None),
+    };
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            // The innermost span's fields (the correlation id among them) once per line; the
-            // whole list repeated them and cost a fifth of the CPU time at a few thousand
-            // events/s (the formatter re-parses each span's fields for every line).
-            .with_current_span(true)
-            .with_span_list(false)
+        registry
+            .with(
+                lines
+                    .json()
+                    .flatten_event(true)
+                    // The innermost span's fields (the correlation id among them) once per
+                    // line; the whole list repeated them and cost a fifth of the CPU time at a
+                    // few thousand events/s (the formatter re-parses each span's fields for
+                    // every line).
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .try_init()
     } else {
-        builder.compact().try_init()
+        registry.with(lines.compact()).try_init()
     };
-    LogGuard(guard)
+    Ok(LogGuard {
+        _lines: guard,
+        spans,
+    })
 }

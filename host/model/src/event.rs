@@ -34,6 +34,10 @@ pub struct Job {
     /// partition (and so keep their order). Jobs queued before this field existed read as `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_key: Option<String>,
+    /// The trace this job continues (set only when the gateway exports traces). Jobs queued
+    /// before this field existed, or without tracing, read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// The destination of a delivery job, and the Standard Webhooks message id it is sent with: the
@@ -184,6 +188,29 @@ impl IncomingEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_queued_before_trace_contexts_existed_still_parses() {
+        let old = r#"{"eventId":"e-1","type":"T","correlationId":"c","payload":"{}","receivedAtMs":5,"attempt":2}"#;
+        let job: Job = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (job.event_id.as_str(), job.attempt, job.trace),
+            ("e-1", 2, None)
+        );
+        let traced = Job {
+            trace: Some(crate::trace::TraceContext {
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                queued_at_ms: 7,
+            }),
+            ..job
+        };
+        let text = serde_json::to_string(&traced).unwrap();
+        assert!(
+            text.contains(r#""trace":{"traceparent":"00-4bf9"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), traced);
+    }
 
     #[test]
     fn accepts_the_seed_shape() {

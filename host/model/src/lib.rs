@@ -1,4 +1,5 @@
-//! Switchyard's data, shared by every other crate and depending on none of them.
+//! Switchyard's data, shared by every other crate and depending on none of them (its one
+//! piece of behaviour beyond data: carrying a trace through the queue, `trace`).
 //!
 //! # Layout
 //!
@@ -10,6 +11,7 @@
 //! | [`delivery`] | what a delivery sends: its message id and body |
 //! | [`retry`] | the backoff schedule, as data |
 //! | [`signing`] | request signatures: hex HMAC and Standard Webhooks |
+//! | [`trace`] | the trace context a job carries through the queue, and how a worker continues it |
 //! | [`clock`] | the one clock (`now_ms`) |
 
 pub mod clock;
@@ -19,3 +21,4 @@ pub mod record;
 pub mod retry;
 pub mod routing;
 pub mod signing;
+pub mod trace;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::routing::{Decision, PluginId};
 
 /// Lifecycle states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventState {
     RoutingPending,
@@ -27,7 +27,7 @@ impl EventState {
 }
 
 /// One attempt in an event's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub attempt: u32,
@@ -48,7 +48,7 @@ pub struct Attempt {
 }
 
 /// Why an event is waiting without spending attempts: failures of the host, not of the event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deferred {
     /// Since when (the first deferral of this run), ms since the Unix epoch.
@@ -61,7 +61,7 @@ pub struct Deferred {
 }
 
 /// An event's record, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventRecord {
     pub event_id: String,
@@ -97,7 +97,7 @@ pub struct EventRecord {
 }
 
 /// Which finished events a what-if replay reads.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScanFilter {
     /// Only events of this type.
@@ -136,7 +136,7 @@ pub struct StoredEvent {
 }
 
 /// Records per state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StateCounts {
     pub pending: u64,
@@ -145,7 +145,7 @@ pub struct StateCounts {
 }
 
 /// Where one delivery of an event stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeliveryState {
     /// Owed: not delivered yet (waiting, being sent, or retrying).
@@ -156,7 +156,7 @@ pub enum DeliveryState {
 }
 
 /// One destination's delivery of an event, as the record shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryStatus {
     pub state: DeliveryState,

@@ -19,7 +19,7 @@ pub struct RouteRequest {
 }
 
 /// A plugin's routing decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
     /// The (first) destination.
@@ -55,7 +55,7 @@ impl Decision {
 }
 
 /// Which plugin version handled a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PluginId {
     pub name: String,
     /// sha256 of the `.wasm` file, hex.

@@ -5,7 +5,7 @@
 mod files;
 mod swap;
 
-pub use swap::{PluginStatus, Resolved, RolloutError, Which};
+pub use swap::{CandidateStatus, PluginStatus, Resolved, RolloutError, Transition, Which};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -33,20 +33,21 @@ pub struct RouteOutcome {
 }
 
 /// Public description of a loaded plugin.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadedInfo {
     pub name: String,
     pub version: String,
     pub loaded_at_ms: u64,
     pub size_bytes: u64,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// The contract version the component targets: `0.1` or `0.2`.
     pub contract: String,
 }
 
 /// A version that was refused, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rejection {
     pub name: String,
@@ -144,7 +145,7 @@ struct Inner {
 }
 
 /// A version the watch rolled back, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Blocked {
     pub version: String,

@@ -66,7 +66,7 @@ const SAMPLES: usize = 50;
 pub(crate) const HISTORY: usize = 50;
 
 /// The answer of one call, as compared and shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Answer {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,7 +111,7 @@ impl Answer {
 }
 
 /// One shadow comparison that disagreed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DiffSample {
     pub event_id: String,
@@ -133,7 +133,7 @@ pub struct ShadowStats {
 }
 
 /// A snapshot of [`ShadowStats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShadowSnapshot {
     /// Live calls the candidate also answered.
@@ -186,7 +186,7 @@ impl ShadowStats {
 }
 
 /// What happened to a plugin name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// A new version became active (file written).
@@ -206,7 +206,7 @@ pub enum Action {
 }
 
 /// One entry of a plugin's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
     pub action: Action,
@@ -250,7 +250,7 @@ pub struct Watch {
 }
 
 /// A snapshot of a [`Watch`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchSnapshot {
     pub version: String,

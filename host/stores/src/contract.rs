@@ -83,6 +83,11 @@ fn job(id: &str, ty: &str) -> Job {
         // One key for every job of the suite: on a partitioned queue the promises below (FIFO
         // included) are those of one partition, which is what events sharing a key get.
         partition_key: Some("contract".into()),
+        // Carried through every move of the queue like the rest of the job.
+        trace: Some(switchyard_model::trace::TraceContext {
+            traceparent: format!("00-{:032x}-00f067aa0ba902b7-01", id.len() + 1),
+            queued_at_ms: 1,
+        }),
     }
 }
 

@@ -66,7 +66,7 @@ pub struct DeadLetter {
 }
 
 /// Which dead letters to replay.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplayFilter {
     /// Only these event ids.
@@ -117,7 +117,7 @@ pub struct Limits {
 }
 
 /// Queue depths.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueStats {
     /// Waiting to be fetched.

@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use super::openapi::{ErrorBody, ErrorDetail};
 
 /// An error answer. Internals never reach the body; they go to the log with the correlation id.
 #[derive(Debug)]
@@ -50,10 +51,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": { "code": self.code, "message": self.message },
-            "correlationId": self.correlation_id,
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+            correlation_id: self.correlation_id,
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             response

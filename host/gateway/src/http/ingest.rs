@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
@@ -17,7 +16,9 @@ use super::extract::read_limited;
 use super::signature::Verified;
 use super::{AppState, CORRELATION_HEADER};
 use switchyard_model::event::{IncomingEvent, Job, is_printable_id};
+use switchyard_model::trace;
 use switchyard_stores::queue::{self, ReplayGuard};
+use tracing::Instrument;
 
 /// The correlation id of a request: the producer's (validated) or the one the request-id layer
 /// generated.
@@ -52,6 +53,33 @@ fn is_json(headers: &HeaderMap) -> bool {
     }
 }
 
+/// The answer to an accepted event: it is durably queued.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    /// Always `true`.
+    pub accepted: bool,
+    pub event_id: String,
+    /// The producer's `x-correlation-id`, or the one the gateway made.
+    pub correlation_id: String,
+    pub message: String,
+    /// Time spent in the gateway, ms.
+    pub latency_ms: f64,
+}
+
+/// `POST /events`: verify the signature, validate the event, queue it durably, answer 202.
+#[utoipa::path(
+    post,
+    path = "/events", operation_id = "ingestEvent",
+    tag = "ingestion",
+    request_body(content = super::openapi::EventSubmission, content_type = "application/json"),
+    params(("x-correlation-id" = Option<String>, Header, description = "Your id for this request (1 to 128 printable characters); one is made if absent.")),
+    security(("hmacSignature" = []), ("standardWebhooks" = [])),
+    responses(
+        (status = 202, description = "Durably queued; routed asynchronously (`GET /events/{eventId}`). A duplicate `eventId` is accepted and processed once.", body = Accepted),
+        super::openapi::IngestErrors,
+    )
+)]
 pub async fn ingest(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -68,7 +96,18 @@ pub async fn ingest(
             return response;
         }
     };
-    let response = match accept(&s, &headers, body, &correlation, started).await {
+    // With traces exported, the checks and the append are an `ingest` span, whose context the
+    // job carries through the queue.
+    let span = if trace::enabled() {
+        let span = tracing::info_span!("ingest", correlation_id = %correlation,
+            trace_id = tracing::field::Empty, event_id = tracing::field::Empty);
+        trace::record_trace_id(&span);
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let accepted = accept(&s, &headers, body, &correlation, started).instrument(span);
+    let response = match accepted.await {
         Ok(r) => r,
         Err(e) => reject(e.with_correlation(&correlation), Some(&correlation), client),
     };
@@ -130,6 +169,7 @@ async fn accept(
         attempt: 1,
         replays: 0,
         partition_key: event.partition_key,
+        trace: trace::carry(&tracing::Span::current(), now_ms),
         ..Job::default()
     };
     // The deliveries already waiting for their destinations bound what is taken in: past
@@ -167,13 +207,13 @@ async fn accept(
         latency_ms,
         "event accepted"
     );
-    let body = json!({
-        "accepted": true,
-        "eventId": job.event_id,
-        "correlationId": correlation,
-        "message": "Event queued for processing",
-        "latencyMs": (latency_ms * 100.0).round() / 100.0,
-    });
+    let body = Accepted {
+        accepted: true,
+        event_id: job.event_id,
+        correlation_id: correlation.to_string(),
+        message: "Event queued for processing".to_string(),
+        latency_ms: (latency_ms * 100.0).round() / 100.0,
+    };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(correlation) {
         response.headers_mut().insert(CORRELATION_HEADER, v);

@@ -10,6 +10,7 @@ pub mod deliveries;
 pub mod error;
 pub mod extract;
 pub mod ingest;
+pub mod openapi;
 pub mod rollout;
 pub mod signature;
 
@@ -17,16 +18,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use axum::{Router, body::Body};
-use serde_json::json;
 use tower_governor::GovernorLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use switchyard_model::trace;
 use switchyard_runtime::Plugins;
 use switchyard_stores::queue::Queue;
 use switchyard_stores::state::StateStore;
@@ -73,43 +75,80 @@ pub struct AppState {
     pub delivery_stats: Arc<switchyard_delivery::DeliveryStats>,
 }
 
-/// The gateway's routes and middleware.
-pub fn router(state: AppState) -> Router {
-    let correlation = HeaderName::from_static(CORRELATION_HEADER);
-    let mut ingest = Router::new().route("/events", post(ingest::ingest));
-    if state.ingest.rate_limit > 0 {
+/// The API's routes, each registered with its OpenAPI description (`openapi`), on top of `doc`.
+/// Only `routes!` adds a route: one that is not described cannot be added. `ingest` gives the
+/// rate limit of `POST /events` (none for the description alone).
+pub(crate) fn api_routes(
+    doc: utoipa::openapi::OpenApi,
+    ingest: Option<&IngestSettings>,
+) -> OpenApiRouter<AppState> {
+    let mut events = OpenApiRouter::new().routes(routes!(ingest::ingest));
+    if let Some(settings) = ingest.filter(|s| s.rate_limit > 0) {
         let config = client::rate_limit(
-            state.ingest.rate_limit,
-            state.ingest.rate_window,
-            state.ingest.trusted_proxies.clone(),
+            settings.rate_limit,
+            settings.rate_window,
+            settings.trusted_proxies.clone(),
         );
-        ingest = ingest.layer(GovernorLayer {
+        events = events.layer(GovernorLayer {
             config: Arc::new(config),
         });
     }
-    Router::new()
-        .merge(ingest)
-        .route("/events/stats", get(admin::stats))
-        .route("/events/failed", get(admin::failed))
-        .route("/events/dlq/replay", post(admin::replay))
-        .route("/events/{event_id}", get(admin::event))
-        .route("/destinations", get(deliveries::destinations))
-        .route("/deliveries/failed", get(deliveries::failed))
-        .route("/deliveries/dlq/replay", post(deliveries::replay))
-        .route("/context/{kind}/{id}", axum::routing::put(admin::put_context))
-        .route("/health", get(admin::health))
-        .route("/ready", get(admin::ready))
-        .route("/plugins", get(plugins))
-        .route("/plugins/{name}", get(rollout::status))
-        .route(
-            "/plugins/{name}/candidate",
-            axum::routing::put(rollout::stage).delete(rollout::withdraw),
-        )
-        .route("/plugins/{name}/promote", post(rollout::promote))
-        .route("/plugins/{name}/rollback", post(rollout::rollback))
-        .route("/plugins/{name}/dry-run", post(rollout::dry_run))
-        .route("/plugins/{name}/what-if", post(rollout::what_if))
-        .route("/metrics", get(metrics))
+    OpenApiRouter::with_openapi(doc)
+        .merge(events)
+        .routes(routes!(admin::stats))
+        .routes(routes!(admin::failed))
+        .routes(routes!(admin::replay))
+        .routes(routes!(admin::event))
+        .routes(routes!(deliveries::destinations))
+        .routes(routes!(deliveries::failed))
+        .routes(routes!(deliveries::replay))
+        .routes(routes!(admin::put_context))
+        .routes(routes!(admin::health))
+        .routes(routes!(admin::ready))
+        .routes(routes!(plugins))
+        .routes(routes!(rollout::status))
+        .routes(routes!(rollout::stage, rollout::withdraw))
+        .routes(routes!(rollout::promote))
+        .routes(routes!(rollout::rollback))
+        .routes(routes!(rollout::dry_run))
+        .routes(routes!(rollout::what_if))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::openapi_json))
+}
+
+/// The span of one request: a server span (`METHOD route`) under the caller's `traceparent`, if
+/// it sent one and traces are exported.
+fn request_span(req: &Request<Body>) -> tracing::Span {
+    let headers = req.headers();
+    let id = headers
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(),
+        correlation_id = %id, trace_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty, otel.kind = "server");
+    if trace::enabled() {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(req.uri().path(), |p| p.as_str());
+        span.record("otel.name", format!("{} {route}", req.method()));
+        let w3c: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_string(), headers.get(k)?.to_str().ok()?.to_string())))
+            .collect();
+        trace::set_parent(&span, trace::extract(&w3c));
+        trace::record_trace_id(&span);
+    }
+    span
+}
+
+/// The gateway's routes and middleware.
+pub fn router(state: AppState) -> Router {
+    let correlation = HeaderName::from_static(CORRELATION_HEADER);
+    let (routes, _) =
+        api_routes(utoipa::openapi::OpenApi::default(), Some(&state.ingest)).split_for_parts();
+    routes
         .fallback(|| async { error::ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             error::ApiError::new(
@@ -122,31 +161,62 @@ pub fn router(state: AppState) -> Router {
         // Bodies are read by `extract::read_limited`, with their own limits and deadline.
         .layer(DefaultBodyLimit::disable())
         .layer(PropagateRequestIdLayer::new(correlation.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
-            let id = req.headers().get(CORRELATION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), correlation_id = %id)
-        }))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::new(correlation, MakeRequestUuid))
 }
 
-async fn plugins(State(s): State<AppState>) -> impl IntoResponse {
+/// The plugins at a glance (`GET /plugins`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct PluginsOverview {
+    /// The active versions.
+    plugins: Vec<switchyard_runtime::registry::LoadedInfo>,
+    /// Event type → plugin (the manifest's `[routes]`).
+    routes: std::collections::BTreeMap<String, String>,
+    /// The plugin for types not in `routes`.
+    default: Option<String>,
+    /// Versions refused lately, and why.
+    rejections: Vec<switchyard_runtime::registry::Rejection>,
+    /// Each plugin's versions and shadow counts (the sampled decisions are in
+    /// `GET /plugins/{name}`, behind the token).
+    rollout: Vec<switchyard_runtime::registry::PluginStatus>,
+}
+
+/// `GET /plugins`: loaded plugins, the type mapping, rejections and rollout counts.
+#[utoipa::path(
+    get,
+    path = "/plugins", operation_id = "listPlugins",
+    tag = "plugins",
+    responses((status = 200, description = "The plugins.", body = PluginsOverview))
+)]
+async fn plugins(State(s): State<AppState>) -> Json<PluginsOverview> {
     let (routes, default) = s.plugins.mapping();
-    Json(json!({
-        "plugins": s.plugins.loaded(),
-        "routes": routes,
-        "default": default,
-        "rejections": s.plugins.rejections(),
-        // Counts only: the sampled decisions are behind the token, in `GET /plugins/{name}`.
-        "rollout": s.plugins.status().into_iter().map(|mut p| {
-            if let Some(c) = &mut p.candidate {
-                c.shadow.samples.clear();
-            }
-            p
-        }).collect::<Vec<_>>(),
-    }))
+    Json(PluginsOverview {
+        plugins: s.plugins.loaded(),
+        routes,
+        default,
+        rejections: s.plugins.rejections(),
+        rollout: s
+            .plugins
+            .status()
+            .into_iter()
+            .map(|mut p| {
+                if let Some(c) = &mut p.candidate {
+                    c.shadow.samples.clear();
+                }
+                p
+            })
+            .collect(),
+    })
 }
 
 /// `GET /metrics`: Prometheus text format. Queue depths are read at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics", operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", content_type = "text/plain", body = String))
+)]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     for (prefix, lane) in [("", &s.queue), ("deliveries_", &s.deliveries)] {
         match tokio::time::timeout(Duration::from_secs(2), lane.stats()).await {

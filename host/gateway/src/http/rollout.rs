@@ -7,10 +7,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::RequireAdmin;
@@ -19,8 +19,10 @@ use super::extract::{ApiPath, ComponentBody, LimitedBody, json_body};
 use switchyard_model::clock::now_ms;
 use switchyard_model::event::IncomingEvent;
 use switchyard_model::record::{EventState, ScanFilter};
-use switchyard_model::routing::RouteRequest;
-use switchyard_runtime::registry::{CANDIDATE_SUFFIX, Resolved, RolloutError, Which};
+use switchyard_model::routing::{PluginId, RouteRequest};
+use switchyard_runtime::registry::{
+    CANDIDATE_SUFFIX, LoadedInfo, PluginStatus, Resolved, RolloutError, Transition, Which,
+};
 use switchyard_runtime::rollout::Answer;
 use switchyard_runtime::version::short_version;
 use switchyard_runtime::{SharedContext, StaticContext};
@@ -71,84 +73,162 @@ fn valid_name(name: &str) -> Result<(), ApiError> {
 
 /// `GET /plugins/{name}`: versions, shadow comparison (with samples), watch and history of one
 /// plugin (admin token).
+#[utoipa::path(get, path = "/plugins/{name}", operation_id = "getPlugin", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin (its file stem).", example = "default-router")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The plugin's versions, shadow comparison, watch and history.", body = PluginStatus),
+        super::openapi::PluginReadErrors,
+    ))]
 pub async fn status(
     _: RequireAdmin,
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<PluginStatus>, ApiError> {
     s.plugins
         .status()
         .into_iter()
         .find(|p| p.name == name)
-        .map(|p| Json(p).into_response())
+        .map(Json)
         .ok_or_else(|| rollout_error(RolloutError::NoSuchPlugin(name)))
 }
 
 /// `PUT /plugins/{name}/candidate`: checks a component (the body) and, if the host accepts it,
 /// stages it as `<name>.next.wasm`. A refused upload leaves the current candidate alone.
+#[utoipa::path(put, path = "/plugins/{name}/candidate", operation_id = "stageCandidate", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin (its file stem).", example = "default-router")),
+    request_body(content = super::openapi::Component, content_type = "application/wasm"),
+    security(("adminToken" = [])),
+    responses(
+        (status = 201, description = "Staged: it shadows the active version from now on.", body = LoadedInfo),
+        super::openapi::StageErrors,
+    ))]
 pub async fn stage(
     _: RequireAdmin,
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ComponentBody(body): ComponentBody,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<LoadedInfo>), ApiError> {
     valid_name(&name)?;
     let info = s.plugins.stage_candidate(&name, body.to_vec()).await?;
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// `DELETE /plugins/{name}/candidate`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct Withdrawn {
+    plugin: String,
+    /// The version withdrawn.
+    withdrawn: String,
 }
 
 /// `DELETE /plugins/{name}/candidate`: stops shadowing and removes `<name>.next.wasm`.
+#[utoipa::path(delete, path = "/plugins/{name}/candidate", operation_id = "withdrawCandidate", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin (its file stem).", example = "default-router")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Withdrawn.", body = Withdrawn),
+        super::openapi::PluginErrors,
+    ))]
 pub async fn withdraw(
     _: RequireAdmin,
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Withdrawn>, ApiError> {
     valid_name(&name)?;
     let version = s
         .plugins
         .withdraw_candidate(&name, "admin call", true)
         .await
         .ok_or_else(|| rollout_error(RolloutError::NoCandidate(name.clone())))?;
-    Ok(Json(json!({ "plugin": name, "withdrawn": version })).into_response())
+    Ok(Json(Withdrawn {
+        plugin: name,
+        withdrawn: version,
+    }))
 }
 
 /// `POST /plugins/{name}/promote`.
+#[utoipa::path(post, path = "/plugins/{name}/promote", operation_id = "promoteCandidate", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin (its file stem).", example = "default-router")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The candidate is active; the version it replaced stays warm as the previous one.", body = Transition),
+        super::openapi::PluginErrors,
+    ))]
 pub async fn promote(
     _: RequireAdmin,
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Transition>, ApiError> {
     let t = s.plugins.promote(&name).await.map_err(rollout_error)?;
-    Ok(Json(t).into_response())
+    Ok(Json(t))
 }
 
 /// `POST /plugins/{name}/rollback`.
+#[utoipa::path(post, path = "/plugins/{name}/rollback", operation_id = "rollbackPlugin", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin (its file stem).", example = "default-router")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The previous version is active again.", body = Transition),
+        super::openapi::PluginErrors,
+    ))]
 pub async fn rollback(
     _: RequireAdmin,
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Transition>, ApiError> {
     let t = s.plugins.rollback(&name).await.map_err(rollout_error)?;
-    Ok(Json(t).into_response())
+    Ok(Json(t))
 }
 
-#[derive(Deserialize)]
+/// A dry run: which version, the event, and the live state it sees.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DryRunBody {
+#[schema(example = json!({"version": "active", "event": {"type": "ORDER_CREATED", "payload": {"orderId": "12345"}}}))]
+pub struct DryRunBody {
+    /// `active` (default), `candidate`, `previous`, or a version id (a prefix of it).
     version: Option<String>,
+    /// The event as a producer would POST it (`eventId` optional; `attempt` and `receivedAtMs`
+    /// may be set too).
+    #[schema(value_type = Object)]
     event: Value,
-    /// `{ "order": { "<id>": {..} }, "shipment": {..} }`: the only live state the call sees.
+    /// `{ "order": { "<id>": {..} }, "shipment": {..} }`: the only live state the call sees
+    /// (absent: the live state store).
+    #[schema(value_type = Option<BTreeMap<String, BTreeMap<String, Object>>>)]
     context: Option<BTreeMap<String, BTreeMap<String, Value>>>,
+}
+
+/// A dry run's answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunAnswer {
+    plugin: PluginId,
+    /// `active`, `candidate` or `previous`.
+    role: &'static str,
+    event_id: String,
+    duration_ms: u64,
+    result: Answer,
+    /// The ordering key of a `keyed-router` plugin (a string; `null`: none), or
+    /// `{errorKind, error}`.
+    ordering_key: Value,
 }
 
 /// `POST /plugins/{name}/dry-run`: the decision of a chosen version for one event, with no
 /// effect on any event, queue or store.
+#[utoipa::path(post, path = "/plugins/{name}/dry-run", operation_id = "dryRun", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin (its file stem).", example = "default-router")),
+    request_body(content = DryRunBody, content_type = "application/json"),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The decision or the error of that version for this event.", body = DryRunAnswer),
+        super::openapi::DryRunErrors,
+    ))]
 pub async fn dry_run(
     _: RequireAdmin,
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
     LimitedBody(body): LimitedBody,
-) -> Result<Response, ApiError> {
+) -> Result<Json<DryRunAnswer>, ApiError> {
     let body: DryRunBody = json_body(&body)?;
     let version = s
         .plugins
@@ -204,29 +284,64 @@ pub async fn dry_run(
     };
     tracing::info!(plugin = %name, version = short_version(&version.id().version),
         event_id = %request.event_id, "dry run");
-    Ok(Json(json!({
-        "plugin": version.id(),
-        "role": version.role,
-        "eventId": request.event_id,
-        "durationMs": duration_ms,
-        "result": answer,
-        "orderingKey": ordering_key,
+    Ok(Json(DryRunAnswer {
+        plugin: version.id(),
+        role: version.role,
+        event_id: request.event_id,
+        duration_ms,
+        result: answer,
+        ordering_key,
     }))
-    .into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// A what-if replay: which version, and which past events.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct WhatIfBody {
-    /// Defaults to the candidate.
+pub struct WhatIfBody {
+    /// `candidate` (default), `active`, `previous`, or a version id (a prefix of it).
     version: Option<String>,
     #[serde(default)]
     filter: ScanFilter,
     /// `events` (the state store; default) or `dlq` (the dead-letter queue).
+    #[schema(pattern = "^(events|dlq)$")]
     source: Option<String>,
+    /// Events examined, 1 to 5000 (default 200; outside the range, the nearest bound).
     limit: Option<usize>,
-    /// Differences listed in the answer (all are counted).
+    /// Differences listed in the answer, at most 1000 (default 50; all are counted).
     samples: Option<usize>,
+}
+
+/// How the chosen version's decisions differ from what happened.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WhatIfReport {
+    plugin: PluginId,
+    role: &'static str,
+    /// Events read.
+    examined: usize,
+    /// Of them, events whose type another plugin routes now (not replayed).
+    other_plugin: usize,
+    replayed: usize,
+    same: u64,
+    changed: u64,
+    /// Changes by kind: `decisionChanged`, `nowFails`, `nowRouted`, `errorChanged`.
+    changes: BTreeMap<&'static str, u64>,
+    diffs: Vec<WhatIfDiff>,
+    /// False when the deadline cut the replay short (the report covers the oldest events).
+    complete: bool,
+}
+
+/// One event whose outcome would change.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WhatIfDiff {
+    event_id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    state: &'static str,
+    change: &'static str,
+    before: Answer,
+    after: Answer,
 }
 
 /// One event to replay and what happened to it.
@@ -239,12 +354,21 @@ struct Past {
 /// `POST /plugins/{name}/what-if`: replays a slice of stored events (those its type sends to
 /// this plugin now) through a chosen version as dry runs and reports how the decisions differ
 /// from what happened. Lookups read today's live state.
+#[utoipa::path(post, path = "/plugins/{name}/what-if", operation_id = "whatIf", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin (its file stem).", example = "default-router")),
+    request_body(content = WhatIfBody, content_type = "application/json",
+        example = json!({"version": "active", "limit": 10})),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The report.", body = WhatIfReport),
+        super::openapi::WhatIfErrors,
+    ))]
 pub async fn what_if(
     _: RequireAdmin,
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
     LimitedBody(body): LimitedBody,
-) -> Result<Response, ApiError> {
+) -> Result<Json<WhatIfReport>, ApiError> {
     let body: WhatIfBody = json_body(&body)?;
     let version = s
         .plugins
@@ -284,8 +408,8 @@ pub async fn what_if(
         .await;
     let mut report = report(&version, examined, other_plugin.len(), results, samples);
     // Past the deadline the answer covers the events replayed so far, oldest first.
-    report["complete"] = json!(report["replayed"] == planned);
-    Ok(Json(report).into_response())
+    report.complete = report.replayed == planned;
+    Ok(Json(report))
 }
 
 fn report(
@@ -294,7 +418,7 @@ fn report(
     other_plugin: usize,
     results: Vec<(Past, Answer)>,
     samples: usize,
-) -> Value {
+) -> WhatIfReport {
     let mut changes: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut diffs = Vec::new();
     let replayed = results.len();
@@ -308,28 +432,29 @@ fn report(
         };
         *changes.entry(change).or_default() += 1;
         if diffs.len() < samples {
-            diffs.push(json!({
-                "eventId": past.request.event_id,
-                "type": past.request.event_type,
-                "state": past.state,
-                "change": change,
-                "before": past.happened,
-                "after": now,
-            }));
+            diffs.push(WhatIfDiff {
+                event_id: past.request.event_id,
+                event_type: past.request.event_type,
+                state: past.state,
+                change,
+                before: past.happened,
+                after: now,
+            });
         }
     }
     let changed: u64 = changes.values().sum();
-    json!({
-        "plugin": version.id(),
-        "role": version.role,
-        "examined": examined,
-        "otherPlugin": other_plugin,
-        "replayed": replayed,
-        "same": replayed as u64 - changed,
-        "changed": changed,
-        "changes": changes,
-        "diffs": diffs,
-    })
+    WhatIfReport {
+        plugin: version.id(),
+        role: version.role,
+        examined,
+        other_plugin,
+        replayed,
+        same: replayed as u64 - changed,
+        changed,
+        changes,
+        diffs,
+        complete: true,
+    }
 }
 
 async fn from_events(

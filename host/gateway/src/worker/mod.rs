@@ -25,6 +25,7 @@ use tracing::Instrument;
 use switchyard_delivery::Destinations;
 use switchyard_model::clock::now_ms;
 use switchyard_model::retry::RetryPolicy;
+use switchyard_model::trace;
 use switchyard_runtime::{PluginError, Plugins};
 use switchyard_stores::Stores;
 use switchyard_stores::consumer::Consumer;
@@ -87,7 +88,7 @@ pub struct WorkerStats {
     pub waiting: AtomicU64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerSnapshot {
     pub in_progress: u64,
@@ -297,12 +298,16 @@ impl Workers {
                 .then(|| self.inner.sequencer.register());
             let span = tracing::info_span!(
                 "event",
+                otel.name = "attempt",
                 event_id = %d.job.event_id,
                 correlation_id = %d.job.correlation_id,
                 event_type = %d.job.event_type,
                 attempt = d.job.attempt,
                 plugin_version = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
             );
+            trace::continue_job(&span, d.job.trace.as_ref(), "events");
+            trace::record_trace_id(&span);
             let inner = self.inner.clone();
             inner.stats.in_progress.fetch_add(1, Ordering::Relaxed);
             if ticket.is_some() {

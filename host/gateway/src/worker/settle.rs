@@ -14,13 +14,33 @@ use switchyard_model::delivery;
 use switchyard_model::event::{DeliveryTarget, Job};
 use switchyard_model::record::{Attempt, Deferred, DeliveryState, DeliveryStatus};
 use switchyard_model::routing::Decision;
+use switchyard_model::trace;
 use switchyard_runtime::PluginError;
 use switchyard_runtime::registry::RouteOutcome;
 use switchyard_runtime::version::short_version;
 use switchyard_stores::queue::Delivery;
 use switchyard_stores::state::{Claim, Finish};
+use tracing::Instrument;
 
 use super::Inner;
+
+/// A span for one step of an attempt (under the attempt's span) when traces are exported; a
+/// disabled span otherwise. Log lines inside it keep the correlation id and gain the trace id.
+fn step_span(name: &'static str, correlation_id: &str) -> tracing::Span {
+    if !trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "step",
+        otel.name = name,
+        correlation_id,
+        trace_id = tracing::field::Empty,
+        plugin.name = tracing::field::Empty,
+        plugin.version = tracing::field::Empty,
+    );
+    trace::record_trace_id(&span);
+    span
+}
 
 /// What happens next to a delivery.
 pub(super) enum Next {
@@ -69,7 +89,11 @@ impl Inner {
         // The lease owner is this attempt alone: a reclaimed copy of the same queue entry (same
         // id) elsewhere cannot take over a lease that is still live.
         let owner = format!("{}/{}", d.id, uuid::Uuid::new_v4().simple());
-        match self.state.claim(job, &owner, self.settings.lease).await {
+        let claim = self.state.claim(job, &owner, self.settings.lease);
+        match claim
+            .instrument(step_span("claim", &job.correlation_id))
+            .await
+        {
             Err(e) => return self.come_back(d, job.clone(), &e, in_place).await,
             Ok(Claim::AlreadyRouted) => {
                 match self.resend_owed(d).await {
@@ -100,7 +124,19 @@ impl Inner {
                 plugin: None,
                 result: Err(e),
             },
-            None => self.plugins.route(&job.route_request()).await,
+            None => {
+                let span = step_span("plugin call", &job.correlation_id);
+                let outcome = self
+                    .plugins
+                    .route(&job.route_request())
+                    .instrument(span.clone())
+                    .await;
+                if let Some(plugin) = &outcome.plugin {
+                    span.record("plugin.name", plugin.name.as_str());
+                    span.record("plugin.version", short_version(&plugin.version));
+                }
+                outcome
+            }
         };
         let verdict = self.verdict(job, outcome, started);
         self.settle(d, &owner, verdict, in_place).await
@@ -309,7 +345,11 @@ impl Inner {
 
     /// The event comes back at `due_ms` as `job`: returned to retry in place, or handed back to
     /// the queue.
-    async fn later(&self, d: &Delivery, job: Job, due_ms: u64, in_place: bool) -> Next {
+    async fn later(&self, d: &Delivery, mut job: Job, due_ms: u64, in_place: bool) -> Next {
+        // The next attempt's trace continues from this one (its wait is a `queue` span under it).
+        if let Some(trace) = trace::carry(&tracing::Span::current(), now_ms()) {
+            job.trace = Some(trace);
+        }
         if in_place {
             return Next::Again {
                 job: Box::new(job),
@@ -360,8 +400,10 @@ impl Inner {
             &job.payload,
             decision,
         );
+        let trace = trace::carry(&tracing::Span::current(), now_ms()).or(job.trace.clone());
         for (destination, status) in owed {
             let delivery = Job {
+                trace: trace.clone(),
                 payload: body.clone(),
                 attempt: 1,
                 replays: 0,

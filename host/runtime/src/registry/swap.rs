@@ -70,7 +70,7 @@ impl Resolved {
 }
 
 /// A plugin's active, candidate and previous versions, watch, block and history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginStatus {
     pub name: String,
@@ -82,7 +82,7 @@ pub struct PluginStatus {
     pub history: Vec<HistoryEntry>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CandidateStatus {
     #[serde(flatten)]
@@ -91,7 +91,7 @@ pub struct CandidateStatus {
 }
 
 /// The outcome of a promotion or rollback.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Transition {
     pub plugin: String,
