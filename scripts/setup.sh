@@ -47,7 +47,7 @@ fi
 if ! cmp -s "$API_REQUIREMENTS" "$API_VENV/requirements.txt"; then
   log "installing Schemathesis and openapi-spec-validator into $API_VENV"
   mkdir -p "$TOOLS_DIR"
-  python3 -m venv "$API_VENV"
+  python3 -m venv --clear "$API_VENV"
   "$API_VENV/bin/pip" install -q --disable-pip-version-check -r "$API_REQUIREMENTS"
   cp "$API_REQUIREMENTS" "$API_VENV/requirements.txt"
 fi

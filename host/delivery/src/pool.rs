@@ -203,8 +203,9 @@ impl DeliveryPool {
                 destination = d.job.delivery.as_ref().map(|t| t.destination.as_str()).unwrap_or("-"),
                 attempt = d.job.attempt,
                 trace_id = tracing::field::Empty,
-                otel.kind = "client",
+                otel.kind = tracing::field::Empty,
             );
+            trace::name(&span, None, "client");
             trace::continue_job(&span, d.job.trace.as_ref(), "deliveries");
             trace::record_trace_id(&span);
             let inner = self.inner.clone();
@@ -370,7 +371,7 @@ impl Inner {
                     attempt: job.attempt + 1,
                     deferred: None,
                     // The retry's wait is a `queue` span under this attempt.
-                    trace: trace::carry(&tracing::Span::current(), now_ms()).or(job.trace.clone()),
+                    trace: trace::carry(&tracing::Span::current(), now_ms()),
                     ..job.clone()
                 };
                 self.record(
@@ -397,7 +398,9 @@ impl Inner {
     /// `max_wait` in all — goes to the dead-letter queue.
     async fn wait(&self, d: &Delivery, target: &DeliveryTarget, wait: Duration, why: &str) {
         let now = now_ms();
-        let next = d.job.deferred_at(now);
+        let mut next = d.job.deferred_at(now);
+        // The next try waits in a `queue` span of its own, under this one.
+        next.trace = trace::carry(&tracing::Span::current(), now);
         let since = next.deferred.map_or(now, |r| r.since_ms);
         if now.saturating_sub(since) >= self.settings.max_wait.as_millis() as u64 {
             let error = format!(

@@ -11,9 +11,10 @@ use std::io::IsTerminal;
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::telemetry::{self, Otlp};
 
@@ -53,17 +54,19 @@ pub fn init(format: Option<&str>, otlp: Option<&Otlp>) -> anyhow::Result<LogGuar
             // Spans carry their own attributes and the log lines inside them (as span events);
             // the source location, thread and busy/idle times of every span would double the
             // bytes exported per event for little use.
+            // Its own level: `RUST_LOG` (say `warn`, to quiet the lines) leaves the spans whole.
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_location(false)
                 .with_threads(false)
-                .with_tracked_inactivity(false);
+                .with_tracked_inactivity(false)
+                .with_filter(LevelFilter::INFO);
             (Some(provider), Some(layer))
         }
         None => (None, None),
     };
     let lines = tracing_subscriber::fmt::layer().with_writer(writer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
     let _ = if json {
         registry
             .with(
@@ -75,11 +78,14 @@ pub fn init(format: Option<&str>, otlp: Option<&Otlp>) -> anyhow::Result<LogGuar
                     // few thousand events/s (the formatter re-parses each span's fields for
                     // every line).
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_filter(filter),
             )
             .try_init()
     } else {
-        registry.with(lines.compact()).try_init()
+        registry
+            .with(lines.compact().with_filter(filter))
+            .try_init()
     };
     Ok(LogGuard {
         _lines: guard,

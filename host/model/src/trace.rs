@@ -48,6 +48,7 @@ pub fn headers(span: &tracing::Span) -> HashMap<String, String> {
             global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
         }
     }
+    headers.retain(|_, v| !v.is_empty());
     headers
 }
 
@@ -94,13 +95,27 @@ pub fn continue_job(span: &tracing::Span, trace: Option<&TraceContext>, queue: &
     let wait = tracer
         .span_builder("queue")
         .with_kind(SpanKind::Consumer)
-        .with_start_time(UNIX_EPOCH + Duration::from_millis(trace.queued_at_ms))
+        // Another gateway's clock may run ahead of this one's: the wait never ends before it starts.
+        .with_start_time(
+            UNIX_EPOCH + Duration::from_millis(trace.queued_at_ms.min(crate::clock::now_ms())),
+        )
         .with_attributes([KeyValue::new("messaging.destination.name", queue)])
         .start_with_context(&tracer, &parent);
     // Ends now: the job has just been fetched.
     let cx = parent.with_span(wait);
     cx.span().end();
     set_parent(span, cx);
+}
+
+/// Names `span` for OpenTelemetry (`otel.name`, when given, and `otel.kind`) when traces are
+/// exported; log lines without tracing do not carry these fields.
+pub fn name(span: &tracing::Span, name: Option<&'static str>, kind: &'static str) {
+    if enabled() {
+        if let Some(name) = name {
+            span.record("otel.name", name);
+        }
+        span.record("otel.kind", kind);
+    }
 }
 
 /// Records the trace id of `span` in its `trace_id` field (for the log lines inside it), when

@@ -53,7 +53,7 @@ pub async fn health() -> Json<Health> {
 pub struct Readiness {
     ready: bool,
     checks: ReadinessChecks,
-    /// Entries in the dead-letter queue (absent when the queue did not answer).
+    /// Entries in the dead-letter queue (`null` when the queue did not answer).
     dead_letters: Option<u64>,
     /// `DLQ_MAX_DEPTH` (0: no limit).
     dlq_max_depth: u64,

@@ -76,7 +76,8 @@ pub struct Accepted {
     params(("x-correlation-id" = Option<String>, Header, description = "Your id for this request (1 to 128 printable characters); one is made if absent.")),
     security(("hmacSignature" = []), ("standardWebhooks" = [])),
     responses(
-        (status = 202, description = "Durably queued; routed asynchronously (`GET /events/{eventId}`). A duplicate `eventId` is accepted and processed once.", body = Accepted),
+        (status = 202, description = "Durably queued; routed asynchronously (`GET /events/{eventId}`). A duplicate `eventId` is accepted and processed once.", body = Accepted,
+            headers(("x-correlation-id" = String, description = "The request's correlation id (the one sent, or a new one)."))),
         super::openapi::IngestErrors,
     )
 )]
@@ -150,6 +151,7 @@ async fn accept(
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string()))?;
     let event = IncomingEvent::parse(&body)
         .map_err(|e| ApiError::bad_request("invalid_event", e.to_string()))?;
+    tracing::Span::current().record("event_id", event.event_id.as_str());
     // A signed message id is remembered with its body's digest by the queue (shared by every
     // gateway on it), in the same round trip as the append.
     let guard = match verified {

@@ -126,13 +126,14 @@ fn request_span(req: &Request<Body>) -> tracing::Span {
         .unwrap_or("-");
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(),
         correlation_id = %id, trace_id = tracing::field::Empty,
-        otel.name = tracing::field::Empty, otel.kind = "server");
+        otel.name = tracing::field::Empty, otel.kind = tracing::field::Empty);
     if trace::enabled() {
         let route = req
             .extensions()
             .get::<MatchedPath>()
             .map_or(req.uri().path(), |p| p.as_str());
         span.record("otel.name", format!("{} {route}", req.method()));
+        span.record("otel.kind", "server");
         let w3c: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
             .into_iter()
             .filter_map(|k| Some((k.to_string(), headers.get(k)?.to_str().ok()?.to_string())))

@@ -298,14 +298,16 @@ impl Workers {
                 .then(|| self.inner.sequencer.register());
             let span = tracing::info_span!(
                 "event",
-                otel.name = "attempt",
+                otel.name = tracing::field::Empty,
                 event_id = %d.job.event_id,
                 correlation_id = %d.job.correlation_id,
                 event_type = %d.job.event_type,
                 attempt = d.job.attempt,
                 plugin_version = tracing::field::Empty,
                 trace_id = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
             );
+            trace::name(&span, Some("attempt"), "internal");
             trace::continue_job(&span, d.job.trace.as_ref(), "events");
             trace::record_trace_id(&span);
             let inner = self.inner.clone();

@@ -25,15 +25,17 @@ use tracing::Instrument;
 use super::Inner;
 
 /// A span for one step of an attempt (under the attempt's span) when traces are exported; a
-/// disabled span otherwise. Log lines inside it keep the correlation id and gain the trace id.
-fn step_span(name: &'static str, correlation_id: &str) -> tracing::Span {
+/// disabled span otherwise. Log lines inside it keep the event's fields and gain the trace id.
+fn step_span(name: &'static str, job: &Job) -> tracing::Span {
     if !trace::enabled() {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
         "step",
         otel.name = name,
-        correlation_id,
+        event_id = %job.event_id,
+        correlation_id = %job.correlation_id,
+        attempt = job.attempt,
         trace_id = tracing::field::Empty,
         plugin.name = tracing::field::Empty,
         plugin.version = tracing::field::Empty,
@@ -90,10 +92,7 @@ impl Inner {
         // id) elsewhere cannot take over a lease that is still live.
         let owner = format!("{}/{}", d.id, uuid::Uuid::new_v4().simple());
         let claim = self.state.claim(job, &owner, self.settings.lease);
-        match claim
-            .instrument(step_span("claim", &job.correlation_id))
-            .await
-        {
+        match claim.instrument(step_span("claim", job)).await {
             Err(e) => return self.come_back(d, job.clone(), &e, in_place).await,
             Ok(Claim::AlreadyRouted) => {
                 match self.resend_owed(d).await {
@@ -125,7 +124,7 @@ impl Inner {
                 result: Err(e),
             },
             None => {
-                let span = step_span("plugin call", &job.correlation_id);
+                let span = step_span("plugin call", job);
                 let outcome = self
                     .plugins
                     .route(&job.route_request())
@@ -346,10 +345,9 @@ impl Inner {
     /// The event comes back at `due_ms` as `job`: returned to retry in place, or handed back to
     /// the queue.
     async fn later(&self, d: &Delivery, mut job: Job, due_ms: u64, in_place: bool) -> Next {
-        // The next attempt's trace continues from this one (its wait is a `queue` span under it).
-        if let Some(trace) = trace::carry(&tracing::Span::current(), now_ms()) {
-            job.trace = Some(trace);
-        }
+        // The next attempt's trace continues from this one (its wait is a `queue` span under
+        // it); without tracing, nothing is carried.
+        job.trace = trace::carry(&tracing::Span::current(), now_ms());
         if in_place {
             return Next::Again {
                 job: Box::new(job),
@@ -400,7 +398,7 @@ impl Inner {
             &job.payload,
             decision,
         );
-        let trace = trace::carry(&tracing::Span::current(), now_ms()).or(job.trace.clone());
+        let trace = trace::carry(&tracing::Span::current(), now_ms());
         for (destination, status) in owed {
             let delivery = Job {
                 trace: trace.clone(),
