@@ -252,3 +252,37 @@ async fn without_an_endpoint_a_traceparent_is_accepted_and_nothing_is_traced() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_collector_is_logged_and_costs_no_event() {
+    // Nothing listens on the endpoint: spans are lost, said so in the log; events are not.
+    let dir = PluginDir::default_router(0, 0.0);
+    let mut config = gateway_config(dir.path());
+    config.otel_exporter_otlp_endpoint = Some(format!("http://127.0.0.1:{}", free_port()));
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("gateway.log");
+    let gw =
+        GatewayProcess::start_with_env(&config, &log, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    let c = gw.client();
+    let ids: Vec<String> = (0..20).map(|_| unique("lost-spans")).collect();
+    for id in &ids {
+        let a = c
+            .send(&json!({"eventId": id, "type": "T", "payload": {}}))
+            .await;
+        assert_eq!(a.status, 202, "{}", a.body);
+    }
+    let records = c.wait_final(&ids, Duration::from_secs(30)).await;
+    assert!(records.iter().all(|r| r["state"] == "ROUTED"));
+    let t = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("BatchSpanProcessor.ExportError") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no export error logged:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
