@@ -10,9 +10,11 @@
 use std::io::IsTerminal;
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::filter::LevelFilter;
+use tracing::Level;
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -48,47 +50,68 @@ pub fn init(format: Option<&str>, otlp: Option<&Otlp>) -> anyhow::Result<LogGuar
         .lossy(false)
         .thread_name("switchyard-logs")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let (spans, otel) = match otlp {
+    let spans = match otlp {
+        None => {
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(lines(json, writer))
+                .try_init();
+            None
+        }
         Some(otlp) => {
             let (provider, tracer) = telemetry::start(otlp)?;
-            // Spans carry their own attributes and the log lines inside them (as span events);
-            // the source location, thread and busy/idle times of every span would double the
-            // bytes exported per event for little use.
-            // Its own level: `RUST_LOG` (say `warn`, to quiet the lines) leaves the spans whole.
-            let layer = tracing_opentelemetry::layer()
+            // Spans carry their attributes, and the warnings and errors logged inside them (as
+            // span events; the info lines stay in the log, which has the trace id). The source
+            // location, thread and busy/idle times of every span would double the bytes
+            // exported per event for little use. Spans have their own level: `RUST_LOG` (say
+            // `warn`, to quiet the lines) leaves them whole.
+            let spans = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_location(false)
                 .with_threads(false)
                 .with_tracked_inactivity(false)
-                .with_filter(LevelFilter::INFO);
-            (Some(provider), Some(layer))
+                .with_filter(filter_fn(|m| {
+                    let most = if m.is_span() {
+                        Level::INFO
+                    } else {
+                        Level::WARN
+                    };
+                    *m.level() <= most
+                }));
+            let _ = tracing_subscriber::registry()
+                .with(spans)
+                .with(lines(json, writer).with_filter(filter))
+                .try_init();
+            Some(provider)
         }
-        None => (None, None),
-    };
-    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
-    let registry = tracing_subscriber::registry().with(otel);
-    let _ = if json {
-        registry
-            .with(
-                lines
-                    .json()
-                    .flatten_event(true)
-                    // The innermost span's fields (the correlation id among them) once per
-                    // line; the whole list repeated them and cost a fifth of the CPU time at a
-                    // few thousand events/s (the formatter re-parses each span's fields for
-                    // every line).
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_filter(filter),
-            )
-            .try_init()
-    } else {
-        registry
-            .with(lines.compact().with_filter(filter))
-            .try_init()
     };
     Ok(LogGuard {
         _lines: guard,
         spans,
     })
+}
+
+/// The log lines' layer: JSON or compact. JSON carries the innermost span's fields (the
+/// correlation id among them) once per line; the whole list repeated them and cost a fifth of the
+/// CPU time at a few thousand events/s (the formatter re-parses each span's fields for every
+/// line).
+fn lines<S>(json: bool, writer: NonBlocking) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    let json_lines = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer.clone())
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+    });
+    let compact_lines = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .compact()
+    });
+    // One of the two is `None`, a layer that does nothing.
+    Layer::and_then(json_lines, compact_lines)
 }
