@@ -1,6 +1,6 @@
-//! The `switchyard` command: `serve` (the default; the gateway), `plugin check` and `plugin run`
-//! (try a plugin), `load` (the load generator), `bench` (benchmarks), `sign` (the signature
-//! headers for a body), `openapi` (the API's description).
+//! The `switchyard` command: `serve` (the default; the gateway), `plugin check`, `plugin run` and
+//! `plugin test` (try and test a plugin), `load` (the load generator), `bench` (benchmarks), `sign` (the
+//! signature headers for a body), `openapi` (the API's description).
 //!
 //! # Layout
 //!
@@ -8,8 +8,10 @@
 //! |---|---|
 //! | `main` | the command line, logging set-up, and the call into each crate |
 //! | `plugin_cmd` | `plugin check` and `plugin run` |
+//! | `plugin_test` | `plugin test`: cases from a file, pass/fail with the differences |
 
 mod plugin_cmd;
+mod plugin_test;
 
 use std::path::PathBuf;
 
@@ -76,6 +78,18 @@ enum Command {
 enum PluginCommand {
     /// Check that FILE is a plugin the host would load; print its version id and interface.
     Check { file: PathBuf },
+    /// Run the cases of a test file against FILE and report each (exit 1 when one fails). The
+    /// plugin runs in the gateway's sandbox with the gateway's limits (environment /
+    /// SWITCHYARD_CONFIG: PLUGIN_TIMEOUT_MS, PLUGIN_MEMORY_MB, …).
+    Test {
+        file: PathBuf,
+        /// The cases: a TOML or JSON file (see README, "Testing a plugin").
+        #[arg(long)]
+        cases: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Route one event with FILE and print the decision or the error.
     Run {
         file: PathBuf,
@@ -153,6 +167,16 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             let _logs = switchyard_gateway::logs::init(Some("pretty"), None)?;
             plugin_cmd::check(&file).await?;
             Ok(true)
+        }
+        Command::Plugin(PluginCommand::Test { file, cases, json }) => {
+            let _logs = switchyard_gateway::logs::init_quiet()?;
+            let config = switchyard_gateway::Config::load_for_tools()?;
+            let limits = switchyard_runtime::Limits {
+                max_concurrent_calls: 4,
+                side_calls: 1,
+                ..config.plugin_limits()
+            };
+            plugin_test::run(&file, &cases, limits, json).await
         }
         Command::Plugin(PluginCommand::Run {
             file,

@@ -13,11 +13,13 @@ use switchyard_runtime::manifest::MANIFEST_FILE;
 use switchyard_runtime::registry::{LoadedInfo, plugin_name};
 use switchyard_runtime::{Limits, NoContext, Plugins, Sandbox, SharedContext, StaticContext};
 
-/// A host over a scratch directory holding just `file` (and a manifest granting `config`).
-async fn single_plugin_host(
+/// A host with `limits` over a scratch directory holding just `file` (and a manifest granting
+/// `config`).
+pub(crate) async fn single_plugin_host(
     file: &Path,
     config: &[(String, String)],
     context: SharedContext,
+    limits: Limits,
 ) -> anyhow::Result<(Plugins, tempfile::TempDir, anyhow::Result<LoadedInfo>)> {
     let dir = tempfile::tempdir()?;
     let name = plugin_name(file)
@@ -32,10 +34,6 @@ async fn single_plugin_host(
         }
     }
     std::fs::write(dir.path().join(MANIFEST_FILE), manifest)?;
-    let limits = Limits {
-        max_concurrent_calls: 4,
-        ..Limits::default()
-    };
     let host = Plugins::new(
         Sandbox::new(limits)?,
         Some(dir.path().to_path_buf()),
@@ -44,6 +42,14 @@ async fn single_plugin_host(
     host.reload_manifest().await;
     let loaded = host.load_file(&target).await.map_err(anyhow::Error::from);
     Ok((host, dir, loaded))
+}
+
+/// The default limits, with a small instance pool: for one call at a time.
+fn one_off_limits() -> Limits {
+    Limits {
+        max_concurrent_calls: 4,
+        ..Limits::default()
+    }
 }
 
 fn toml_string(s: &str) -> String {
@@ -64,7 +70,8 @@ fn toml_key(s: &str) -> String {
 /// `plugin check FILE`: compiles, type-checks and canary-calls the file; prints its version id,
 /// imports and exports. Errors (non-zero exit) say why the host would refuse it.
 pub async fn check(file: &Path) -> anyhow::Result<()> {
-    let (host, _dir, loaded) = single_plugin_host(file, &[], Arc::new(NoContext)).await?;
+    let (host, _dir, loaded) =
+        single_plugin_host(file, &[], Arc::new(NoContext), one_off_limits()).await?;
     let info = loaded.with_context(|| format!("{} would be rejected", file.display()))?;
     let bytes = std::fs::read(file)?;
     let (imports, exports) = host.sandbox().describe(&bytes)?;
@@ -124,8 +131,13 @@ pub async fn run(
                 .context("--config takes KEY=VALUE")
         })
         .collect::<anyhow::Result<_>>()?;
-    let (host, _dir, loaded) =
-        single_plugin_host(file, &config, Arc::new(StaticContext(docs))).await?;
+    let (host, _dir, loaded) = single_plugin_host(
+        file,
+        &config,
+        Arc::new(StaticContext(docs)),
+        one_off_limits(),
+    )
+    .await?;
     let info = loaded.with_context(|| format!("{} would be rejected", file.display()))?;
     let request = RouteRequest {
         event_id: ev.event_id,

@@ -1,7 +1,8 @@
-//! The `switchyard plugin` commands on the plugins built from `plugins/`.
+//! The `switchyard plugin` commands on the plugins built from `plugins/`: `check`, `run`, and
+//! `test` (a cases file, in the gateway's sandbox with the limits of the gateway's configuration).
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 fn dist(name: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -163,4 +164,202 @@ fn serve_refuses_placeholder_and_short_secrets_with_one_clear_line() {
         ("ADMIN_TOKEN", "changeme"),
     ]);
     assert!(!ok && stderr.contains("ADMIN_TOKEN"), "{stderr}");
+}
+
+/// Runs `switchyard plugin test <plugin> --cases <cases> [extra..]` with only `env` (and PATH).
+fn plugin_test(plugin: &Path, cases: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["plugin", "test"])
+        .arg(plugin)
+        .arg("--cases")
+        .arg(cases)
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run switchyard plugin test")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_content_router_passes_its_cases_file() {
+    let cases =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins/content-router/cases.toml");
+    let out = plugin_test(&dist("content-router.wasm"), &cases, &[], &[]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("7 passed, 0 failed"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        7,
+        "{text}"
+    );
+}
+
+#[test]
+fn a_failing_case_prints_expected_and_actual_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        r#"{"cases": [
+          {"name": "wrong destination", "event": {"type": "T", "payload": {"carrier": "dhl"}},
+           "expect": {"destination": "carrier:ups", "metadata": {"lane": "express"}}},
+          {"name": "right", "event": {"type": "T", "payload": {"region": "eu"}},
+           "expect": {"destination": "region:eu"}},
+          {"name": "expects an error", "event": {"type": "T", "payload": {"region": "eu"}},
+           "expect": {"error": "transient"}}
+        ]}"#,
+    )
+    .unwrap();
+    let out = plugin_test(&dist("content-router.wasm"), &cases, &[], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL  wrong destination"), "{text}");
+    assert!(
+        text.contains(r#"destination: expected "carrier:ups", got "carrier:dhl""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"metadata.lane: expected "express", got "standard""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"expected: {"destination":"carrier:ups""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"actual:   {"decision":{"destination":"carrier:dhl""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("expected a transient error, got a decision"),
+        "{text}"
+    );
+    assert!(text.contains("1 passed, 2 failed"), "{text}");
+
+    // The same as JSON, for CI.
+    let out = plugin_test(&dist("content-router.wasm"), &cases, &["--json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(
+        (report["passed"].as_u64(), report["failed"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(report["plugin"]["name"], "content-router");
+    let first = &report["cases"][0];
+    assert_eq!(first["passed"], false);
+    assert_eq!(first["actual"]["decision"]["destination"], "carrier:dhl");
+    assert_eq!(first["differences"].as_array().unwrap().len(), 2);
+    assert_eq!(report["cases"][1]["passed"], true);
+}
+
+#[test]
+fn the_limits_come_from_the_gateway_s_configuration() {
+    // A call that sleeps 1 s: a timeout under PLUGIN_TIMEOUT_MS=300, as in the gateway; routed
+    // under the default (10 s). Same file, same case, only the configuration differs.
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        "[[case]]\nname = \"a slow call\"\nevent = { type = \"sleep\", payload = { ms = 1000 } }\nexpect = { error = \"timeout\" }\n",
+    )
+    .unwrap();
+    let chaos = dist("fixtures/chaos.wasm");
+    let out = plugin_test(&chaos, &cases, &[], &[("PLUGIN_TIMEOUT_MS", "300")]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let out = plugin_test(&chaos, &cases, &[], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(r#""destination":"slept""#), "{text}");
+    // A configuration file works the same way (SWITCHYARD_CONFIG), and a bad one is refused.
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(&config, "plugin_timeout_ms = 300\n").unwrap();
+    let out = plugin_test(
+        &chaos,
+        &cases,
+        &[],
+        &[("SWITCHYARD_CONFIG", config.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", stdout(&out));
+    let out = plugin_test(&chaos, &cases, &[], &[("PLUGIN_TIMEOUT_MS", "1")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PLUGIN_TIMEOUT_MS must be at least 10"));
+}
+
+#[test]
+fn a_keyed_plugin_s_ordering_key_and_its_config_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[[case]]
+name = "keyed by the payload's key"
+event = { type = "T", payload = { key = "order-1", seq = 3 } }
+expect = { destination = "ordered:order-1", orderingKey = "order-1" }
+
+[[case]]
+name = "a wrong key expectation fails"
+event = { type = "T", payload = { key = "order-2" } }
+expect = { destination = "ordered:order-2", orderingKey = "order-9" }
+"#,
+    )
+    .unwrap();
+    let out = plugin_test(&dist("fixtures/keyed.wasm"), &cases, &[], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("ok    keyed by the payload's key"), "{text}");
+    assert!(
+        text.contains(r#"orderingKey: expected "order-9", got "order-2""#),
+        "{text}"
+    );
+
+    // Each case's `config` reaches the plugin through the `config` import.
+    let cases = dir.path().join("config.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[config]
+delay_ms = 0
+failure_rate = 0
+
+[[case]]
+name = "routes with the file's config"
+event = { type = "ORDER_CREATED", payload = {} }
+expect = { destination = "orders", metadata = { service = "orders" } }
+
+[[case]]
+name = "fails with its own"
+event = { type = "ORDER_CREATED", payload = {} }
+config = { failure_rate = 1 }
+expect = { error = "transient" }
+"#,
+    )
+    .unwrap();
+    let out = plugin_test(&dist("default-router.wasm"), &cases, &[], &[]);
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
+#[test]
+fn a_malformed_cases_file_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        "[[case]]\nname = \"both\"\nevent = { type = \"T\" }\nexpect = { destination = \"x\", error = \"transient\" }\n",
+    )
+    .unwrap();
+    let out = plugin_test(&dist("content-router.wasm"), &cases, &[], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not both"), "{err}");
 }

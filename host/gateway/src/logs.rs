@@ -41,7 +41,17 @@ impl Drop for LogGuard {
 /// `pretty`, or chosen by whether stderr is a terminal. With `otlp`, spans are exported too
 /// (call it on the gateway's runtime then).
 pub fn init(format: Option<&str>, otlp: Option<&Otlp>) -> anyhow::Result<LogGuard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    install(format, otlp, "info")
+}
+
+/// For a command whose output is its report (`plugin test`): compact lines on stderr, warnings
+/// and errors only unless `RUST_LOG` says otherwise.
+pub fn init_quiet() -> anyhow::Result<LogGuard> {
+    install(Some("pretty"), None, "warn")
+}
+
+fn install(format: Option<&str>, otlp: Option<&Otlp>, level: &str) -> anyhow::Result<LogGuard> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let json = match format {
         Some(f) => f == "json",
         None => !std::io::stderr().is_terminal(),
