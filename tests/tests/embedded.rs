@@ -104,16 +104,31 @@ async fn kill_9_mid_load_then_restart_every_acknowledged_event_ends_final() {
     let ids: Vec<String> = (0..300).map(|i| format!("emb-{i}")).collect();
     let mut first = GatewayProcess::start(&config, &log).await;
     let c = first.client();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sends: Vec<_> = ids
         .iter()
         .map(|id| {
-            let c = c.clone();
+            let (c, accepted) = (c.clone(), accepted.clone());
             let e = json!({"eventId": id, "type": "ORDER_CREATED", "payload": {}});
-            tokio::spawn(async move { c.try_send(&e).await.map(|a| a.status) })
+            tokio::spawn(async move {
+                let status = c.try_send(&e).await.map(|a| a.status);
+                if status == Some(202) {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                status
+            })
         })
         .collect();
-    // Kill while requests are still arriving and routes are in flight.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill while requests are still arriving and routes are in flight: as soon as some were
+    // acknowledged (a fixed delay found none on a loaded machine).
+    let t = std::time::Instant::now();
+    while accepted.load(std::sync::atomic::Ordering::Relaxed) < 10 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no event acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     first.kill9();
     let mut acknowledged = Vec::new();
     for (id, s) in ids.iter().zip(sends) {
