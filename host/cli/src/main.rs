@@ -8,9 +8,11 @@
 //! |---|---|
 //! | `main` | the command line, logging set-up, and the call into each crate |
 //! | `plugin_cmd` | `plugin check` and `plugin run` |
+//! | `plugin_new` | `plugin new` (a project from the templates in `templates/`) and `plugin build` |
 //! | `plugin_test` | `plugin test`: cases from a file, pass/fail with the differences |
 
 mod plugin_cmd;
+mod plugin_new;
 mod plugin_test;
 
 use std::path::PathBuf;
@@ -78,14 +80,31 @@ enum Command {
 enum PluginCommand {
     /// Check that FILE is a plugin the host would load; print its version id and interface.
     Check { file: PathBuf },
-    /// Run the cases of a test file against FILE and report each (exit 1 when one fails). The
-    /// plugin runs in the gateway's sandbox with the gateway's limits (environment /
+    /// Write a new plugin project: the router, the contract's WIT, a cases file, the build.
+    New {
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: plugin_new::Lang,
+        /// Where (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a plugin project into DIR/<name>.wasm.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run the cases of a test file against a plugin and report each (exit 1 when one fails).
+    /// The plugin runs in the gateway's sandbox with the gateway's limits (environment /
     /// SWITCHYARD_CONFIG: PLUGIN_TIMEOUT_MS, PLUGIN_MEMORY_MB, …).
     Test {
-        file: PathBuf,
-        /// The cases: a TOML or JSON file (see README, "Testing a plugin").
+        /// A project directory (its built <name>.wasm and cases.toml), or a .wasm file.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// The cases: a TOML or JSON file (see README, "Testing"); a project's cases.toml by
+        /// default.
         #[arg(long)]
-        cases: PathBuf,
+        cases: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -168,8 +187,37 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             plugin_cmd::check(&file).await?;
             Ok(true)
         }
-        Command::Plugin(PluginCommand::Test { file, cases, json }) => {
+        Command::Plugin(PluginCommand::New { name, lang, dir }) => {
+            let dir = plugin_new::new(&name, lang, dir.as_deref())?;
+            println!(
+                "wrote {}: build it with `switchyard plugin build {0}`, test it with `switchyard plugin test {0}`",
+                dir.display()
+            );
+            Ok(true)
+        }
+        Command::Plugin(PluginCommand::Build { dir }) => {
+            let component = plugin_new::build(&dir)?;
+            println!("built {}", component.display());
+            Ok(true)
+        }
+        Command::Plugin(PluginCommand::Test { path, cases, json }) => {
             let _logs = switchyard_gateway::logs::init_quiet()?;
+            let (file, cases) = if path.is_dir() {
+                let project = plugin_new::Project::open(&path)?;
+                let component = project.component();
+                if !component.exists() {
+                    anyhow::bail!(
+                        "{} is not built: switchyard plugin build {}",
+                        component.display(),
+                        path.display()
+                    );
+                }
+                (component, cases.unwrap_or_else(|| project.cases()))
+            } else {
+                let cases =
+                    anyhow::Context::context(cases, "give the cases file: --cases CASES.toml")?;
+                (path, cases)
+            };
             let config = switchyard_gateway::Config::load_for_tools()?;
             let limits = switchyard_runtime::Limits {
                 max_concurrent_calls: 4,

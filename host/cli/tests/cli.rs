@@ -363,3 +363,27 @@ fn a_malformed_cases_file_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not both"), "{err}");
 }
+
+#[test]
+fn the_kit_commands_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, _, stderr) = switchyard(&["plugin", "new", "9-lives", "--dir", d]);
+    assert!(!ok && stderr.contains("starting with a letter"), "{stderr}");
+    let (ok, _, stderr) = switchyard(&["plugin", "build", d]);
+    assert!(
+        !ok && stderr.contains("is not a plugin project"),
+        "{stderr}"
+    );
+    let project = dir.path().join("p");
+    let p = project.to_str().unwrap();
+    let (ok, stdout, _) = switchyard(&["plugin", "new", "unbuilt", "--dir", p]);
+    assert!(ok, "{stdout}");
+    let (ok, _, stderr) = switchyard(&["plugin", "test", p]);
+    assert!(
+        !ok && stderr.contains("is not built: switchyard plugin build"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = switchyard(&["plugin", "new", "again", "--dir", p]);
+    assert!(!ok && stderr.contains("is not empty"), "{stderr}");
+}
