@@ -588,12 +588,17 @@ async fn a_crash_delivers_after_restart(base: switchyard_gateway::Config) {
         .client()
         .send(&json!({"eventId": "lost-answer", "type": "T", "payload": {"destinations": ["orders"]}}))
         .await;
-    let got = receiver
-        .wait_for("orders", 2, Duration::from_secs(30))
-        .await;
     let r = wait_record(&losing.client(), "lost-answer", |r| delivered(r, "orders")).await;
-    assert_eq!(got[1].webhook_id, r["deliveries"]["orders"]["webhookId"]);
-    assert!(got[1].verified);
+    // By its message id: the first event's delivery may arrive again first (its gateway was
+    // killed right after delivering it, before the queue heard so: at least once, same id).
+    let id = r["deliveries"]["orders"]["webhookId"].as_str().unwrap();
+    let got: Vec<Received> = receiver
+        .received("orders")
+        .into_iter()
+        .filter(|g| g.webhook_id == id)
+        .collect();
+    assert!(!got.is_empty(), "lost-answer's delivery not received");
+    assert!(got.iter().all(|g| g.verified));
     assert_eq!(
         r["history"].as_array().unwrap().len(),
         1,
